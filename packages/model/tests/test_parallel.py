@@ -2,6 +2,8 @@
 
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -20,9 +22,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(fn, world, *args):
-    port = _free_port()
-    mp.spawn(fn, args=(world, port, *args), nprocs=world, join=True)
+def _run(worker: str, world: int, out) -> None:
+    """Run `worker` on `world` processes. Through a fresh interpreter running this file as a script, so the spawned
+    children can import the worker whatever way pytest imported this module."""
+    proc = subprocess.run([sys.executable, __file__, worker, str(world), str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def _init(rank, world, port):
@@ -73,13 +78,13 @@ def _fsdp_worker(rank, world, port, out):
 
 
 def test_tensor_parallel_matches_single_process(tmp_path):
-    _run(_tp_worker, 2, tmp_path / "tp.pt")
+    _run("_tp_worker", 2, tmp_path / "tp.pt")
     r = torch.load(tmp_path / "tp.pt")
     torch.testing.assert_close(r["got"], r["ref"], atol=1e-5, rtol=1e-5)
 
 
 def test_fsdp2_with_ac_gradients_match_single_process(tmp_path):
-    _run(_fsdp_worker, 2, tmp_path / "fsdp.pt")
+    _run("_fsdp_worker", 2, tmp_path / "fsdp.pt")
     r = torch.load(tmp_path / "fsdp.pt")
     names = {n.replace("_checkpoint_wrapped_module.", "") for n in r["got"]}
     assert names == set(r["ref"])
@@ -112,3 +117,8 @@ def test_tp_rejects_indivisible():
 
     with pytest.raises(ValueError, match="tensor parallel degree 3 must divide num_kv_heads"):
         apply_tp(build_model(CFG), FakeMesh())
+
+
+if __name__ == "__main__":
+    name, world, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    mp.spawn(globals()[name], args=(world, _free_port(), out), nprocs=world, join=True)

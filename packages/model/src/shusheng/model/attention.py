@@ -144,13 +144,11 @@ class TorchVarlenAttention(VarlenAttention):
     name = "torch_varlen"
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        from torch.nn.attention.varlen import varlen_attn
-
         cu, m = self.cu_seqlens, self.max_seqlen
         kw = {"window_size": (-1, 0)}  # (-1, 0) means causal
-        if _accepts(varlen_attn, "enable_gqa"):
+        if _VARLEN_HAS_GQA_FLAG:  # torch 2.13 asks for it; 2.11 does GQA without a flag
             kw["enable_gqa"] = q.shape[1] != k.shape[1]
-        return varlen_attn(q, k, v, cu, cu, m, m, **kw)
+        return _TORCH_VARLEN(q, k, v, cu, cu, m, m, **kw)
 
 
 class FlashAttnVarlenAttention(VarlenAttention):
@@ -196,11 +194,6 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
-@functools.cache
-def _accepts(fn, name: str) -> bool:
-    return name in inspect.signature(fn).parameters
-
-
 def _has_flash_attn() -> bool:
     try:
         import flash_attn  # noqa: F401
@@ -209,12 +202,16 @@ def _has_flash_attn() -> bool:
     return True
 
 
-def _has_torch_varlen() -> bool:
+def _torch_varlen_fn():
     try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:  # torch < 2.10
+        return None
+    return varlen_attn
+
+
+_TORCH_VARLEN = _torch_varlen_fn()
+_VARLEN_HAS_GQA_FLAG = _TORCH_VARLEN is not None and "enable_gqa" in inspect.signature(_TORCH_VARLEN).parameters
 
 
 VARLEN_IMPLS: dict[str, type[VarlenAttention]] = {
@@ -227,7 +224,7 @@ def available_varlen_impls(device: torch.device | str, dtype: torch.dtype = torc
     impls = []
     if torch.device(device).type == "cuda" and dtype in (torch.float16, torch.bfloat16):
         impls += ["flash_attn"] if _has_flash_attn() else []
-        impls += ["torch_varlen"] if _has_torch_varlen() else []
+        impls += ["torch_varlen"] if _TORCH_VARLEN is not None else []
     if torch.device(device).type == "cuda":
         impls.append("flex")
     return impls + ["sdpa_loop"]
