@@ -1,10 +1,8 @@
 """Chat template tests: exact renders, exact ids on the real InternLM2 tokenizer, trainable masks, parsing, errors."""
 
 import json
-from pathlib import Path
 
 import pytest
-import sentencepiece as spm
 from tokenizers import Tokenizer as HFRaw
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -12,9 +10,6 @@ from shusheng.model.chat import Template, get_template, list_templates, parse, r
 from shusheng.model.chat import templates as templates_module
 from shusheng.model.chat.templates import Segment
 from shusheng.model.tokenizer import load_tokenizer
-
-DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
-INTERNLM2 = DATA / "internlm2_tokenizer.model"
 
 WEATHER_TOOL = {
     "type": "function",
@@ -75,17 +70,6 @@ SIMPLE = [
     {"role": "user", "content": "Bye"},
 ]
 
-
-@pytest.fixture(scope="module")
-def sp_ref():
-    if not INTERNLM2.is_file():
-        pytest.skip(f"InternLM2 tokenizer not found at {INTERNLM2} (needs the ../shared/data folder)")
-    return spm.SentencePieceProcessor(model_file=str(INTERNLM2))
-
-
-@pytest.fixture(scope="module")
-def tok(sp_ref):
-    return load_tokenizer(INTERNLM2)
 
 
 def _spans(tok, ids, mask):

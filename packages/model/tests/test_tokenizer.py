@@ -1,17 +1,13 @@
 """Tokenizer tests: the real InternLM2 SentencePiece model (from ../shared/data) and a tiny HF BPE built here."""
 
 import json
-from pathlib import Path
 
 import pytest
-import sentencepiece as spm
 from tokenizers import Tokenizer as HFRaw
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from shusheng.model.tokenizer import HFTokenizer, IncrementalDetokenizer, SentencePieceTokenizer, load_tokenizer
 
-DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
-INTERNLM2 = DATA / "internlm2_tokenizer.model"
 CHAT_TOKENS = {
     "<|plugin|>": 92538,
     "<|interpreter|>": 92539,
@@ -29,18 +25,6 @@ TEXTS = [
     "<|im_start|>user\nhi 👋<|im_end|>\n<|im_start|>assistant\n 好的<|im_end|>",
 ]
 
-
-@pytest.fixture(scope="module")
-def sp_ref():
-    """The raw SentencePiece processor: the reference for text between special tokens."""
-    if not INTERNLM2.is_file():
-        pytest.skip(f"InternLM2 tokenizer not found at {INTERNLM2} (needs the ../shared/data folder)")
-    return spm.SentencePieceProcessor(model_file=str(INTERNLM2))
-
-
-@pytest.fixture(scope="module")
-def tok(sp_ref):
-    return load_tokenizer(INTERNLM2)
 
 
 def test_internlm2_plain_ids(tok):
