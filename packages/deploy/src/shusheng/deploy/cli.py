@@ -1,0 +1,131 @@
+"""`shusheng-deploy`: generate from a checkpoint, or benchmark offline throughput.
+
+    shusheng-deploy generate PATH --prompt "Hello" [--chat] [--max-tokens 64] [--temperature 0.7] [--stream]
+    shusheng-deploy bench PATH [--num-requests 256] [--input-len 100:1024] [--output-len 100:1024]
+
+Bad input (a missing checkpoint, an impossible request) prints one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .config import EngineConfig
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--device", default="auto")
+    g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    g.add_argument("--max-model-len", type=int, default=None)
+    g.add_argument("--max-num-seqs", type=int, default=256)
+    g.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    g.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    g.add_argument("--block-size", type=int, default=16)
+    g.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    g.add_argument("--no-prefix-caching", action="store_true")
+
+
+def _engine_config(a: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(
+        model=a.path, device=a.device, dtype=a.dtype, max_model_len=a.max_model_len, max_num_seqs=a.max_num_seqs,
+        max_num_batched_tokens=a.max_num_batched_tokens, gpu_memory_utilization=a.gpu_memory_utilization,
+        block_size=a.block_size, enforce_eager=a.enforce_eager, enable_prefix_caching=not a.no_prefix_caching,
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shusheng-deploy", description="Shusheng inference engine")
+    sub = p.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="generate text for one or more prompts")
+    g.add_argument("path", help="checkpoint folder")
+    g.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
+    g.add_argument("--chat", action="store_true", help="render each prompt as a user turn of the chat template")
+    g.add_argument("--system", default=None, help="system prompt for --chat")
+    g.add_argument("--max-tokens", type=int, default=128)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
+    g.add_argument("--stream", action="store_true", help="print text as it is generated (one prompt)")
+    _engine_args(g)
+    b = sub.add_parser("bench", help="offline throughput on a synthetic workload")
+    b.add_argument("path", help="checkpoint folder")
+    b.add_argument("--num-requests", type=int, default=256)
+    b.add_argument("--input-len", default="100:1024", help="LO:HI, uniform")
+    b.add_argument("--output-len", default="100:1024", help="LO:HI, uniform (ignore_eos)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--json", default=None, help="also write the results here")
+    _engine_args(b)
+    return p
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from .llm_engine import LLMEngine
+    from .pipeline import Pipeline
+    from .sampling_params import SamplingParams
+
+    params = SamplingParams(max_tokens=a.max_tokens, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
+                            seed=a.seed, stop=a.stop)
+    pipe = Pipeline(LLMEngine(_engine_config(a)))
+    inputs = [
+        ([{"role": "system", "content": a.system}] if a.system else []) + [{"role": "user", "content": t}]
+        if a.chat else t
+        for t in a.prompt
+    ]
+    if a.stream:
+        if len(inputs) != 1:
+            raise ValueError("--stream takes one --prompt")
+        prompt = pipe.render(inputs[0]) if a.chat else inputs[0]
+        engine = pipe.engine
+        engine.add_request(prompt, params)
+        while engine.has_unfinished():
+            for out in engine.step():
+                print(out.outputs[0].delta_text, end="", flush=True)
+        print()
+        return 0
+    for out in pipe(inputs, params):
+        for choice in out.outputs:
+            print(choice.text)
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from .bench import Workload, measure_ceilings, parse_range, roofline, run_offline
+    from .llm_engine import LLMEngine
+
+    engine = LLMEngine(_engine_config(a))
+    work = Workload(a.num_requests, parse_range(a.input_len), parse_range(a.output_len), a.seed)
+    requests = work.sample(engine.model_config.vocab_size)
+    result = run_offline(engine, requests)
+    print(f"requests/s {result['requests_per_s']:.2f}   output tokens/s {result['output_tokens_per_s']:.0f}   "
+          f"({result['requests']} requests, {result['output_tokens']} output tokens, {result['seconds']:.1f} s)")
+    if engine.runner.device.type == "cuda":
+        ceilings = measure_ceilings(engine.runner.device)
+        roof = roofline(engine.model_config, requests, ceilings, a.max_num_seqs)
+        result.update(ceilings=ceilings, roofline=roof)
+        print(f"roofline: {roof['output_tokens_per_s_roofline']:.0f} output tokens/s (floor {roof['floor_s']:.2f} s: "
+              f"prefill {roof['prefill_floor_s']:.2f} + decode {roof['decode_floor_s']:.2f}); engine reaches "
+              f"{result['output_tokens_per_s'] / roof['output_tokens_per_s_roofline']:.0%}; measured copy "
+              f"{ceilings['bandwidth'] / 1e12:.2f} TB/s, bf16 GEMM {ceilings['gemm_flops'] / 1e12:.0f} TFLOP/s; "
+              f"batch-1 decode floor {roof['batch1_decode_floor_ms']:.2f} ms/token")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return {"generate": cmd_generate, "bench": cmd_bench}[args.command](args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"shusheng-deploy: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Triton kernels of the paged-KV engine, each with a plain PyTorch reference beside it.
+
+- `store_kv`: write new tokens' K/V into the paged cache at their slots.
+- `paged_decode_attention`: one query per sequence, split-K ("flash decoding") with a reduce step.
+- `paged_extend_attention`: chunked prefill / prefix-cache hits, causal, all K/V read through the block table.
+
+Every module imports without triton (CPU-only torch); the `*_ref` functions then still work.
+"""
+
+from shusheng.deploy.kernels.decode_attention import (
+    decode_num_splits,
+    paged_decode_attention,
+    paged_decode_attention_ref,
+)
+from shusheng.deploy.kernels.extend_attention import paged_extend_attention, paged_extend_attention_ref
+from shusheng.deploy.kernels.store_kv import HAS_TRITON, store_kv, store_kv_ref
+
+__all__ = [
+    "HAS_TRITON",
+    "decode_num_splits",
+    "paged_decode_attention",
+    "paged_decode_attention_ref",
+    "paged_extend_attention",
+    "paged_extend_attention_ref",
+    "store_kv",
+    "store_kv_ref",
+]

@@ -1,0 +1,308 @@
+"""The engine: `step()` = schedule -> run -> postprocess (sample, detokenize, stop, free).
+
+Single-threaded by design; `AsyncEngine` (async_engine.py) drives it from a background thread for servers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from shusheng.model import Transformer
+from shusheng.model.tokenizer import IncrementalDetokenizer, Tokenizer, load_tokenizer
+
+from .block_manager import BlockManager
+from .config import EngineConfig
+from .model_runner import ModelRunner, StepLogits
+from .outputs import CompletionOutput, RequestOutput
+from .sampler import Sampler, SamplerOutput, SamplingTensors, make_generator, prompt_logprobs
+from .sampling_params import SamplingParams
+from .scheduler import Scheduler
+from .sequence import Sequence
+from .stop import StopChecker
+
+
+@dataclass
+class _Choice:
+    """Streaming state of one sequence (one of a request's n choices)."""
+
+    seq: Sequence
+    detok: IncrementalDetokenizer
+    stop: StopChecker
+    out: CompletionOutput
+    generator: torch.Generator | None = None
+
+
+@dataclass
+class _Request:
+    request_id: str
+    prompt: str | None
+    prompt_ids: list[int]
+    params: SamplingParams
+    choices: list[_Choice] = field(default_factory=list)
+    arrival: float = field(default_factory=time.monotonic)
+    first_token: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return len(self.choices) == self.params.n and all(c.out.finished for c in self.choices)
+
+
+class LLMEngine:
+    """A continuous-batching engine over one checkpoint.
+
+    Args:
+        config: an EngineConfig (checkpoint path and engine options).
+        tokenizer: override the checkpoint folder's tokenizer.
+        model: an in-memory model to serve instead of loading `config.model` (then `tokenizer` is required).
+    """
+
+    def __init__(self, config: EngineConfig, tokenizer: Tokenizer | None = None, model: Transformer | None = None):
+        if model is not None and tokenizer is None:
+            raise ValueError("an in-memory model needs its tokenizer: pass tokenizer=")
+        self.config = config
+        self.tokenizer = tokenizer or load_tokenizer(config.model)
+        torch.manual_seed(config.seed)
+        self.runner = ModelRunner(config, model)
+        self.model_config = self.runner.model_config
+        self.max_model_len = self.runner.max_model_len
+        self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(config, self.block_manager)
+        self.sampler = Sampler()
+        self.eos_ids = self._eos_ids()
+        self.requests: dict[str, _Request] = {}
+        self._counter = itertools.count()
+
+    @classmethod
+    def from_path(cls, path: str, **engine_options) -> LLMEngine:
+        return cls(EngineConfig.from_kwargs(path, **engine_options))
+
+    def _eos_ids(self) -> list[int]:
+        eos = self.model_config.eos_token_id
+        ids = [] if eos is None else list(eos) if isinstance(eos, list) else [eos]
+        return sorted(set(ids) | set(self.tokenizer.stop_ids))
+
+    # ---- requests ----
+
+    def add_request(
+        self, prompt: str | list[int], params: SamplingParams | None = None, request_id: str | None = None
+    ) -> str:
+        """Queue a request: a text prompt (BOS added, as Hugging Face tokenizers do) or token ids.
+
+        Raises:
+            ValueError: empty prompt, ids outside the vocabulary, or a request that can never fit the context
+                window or the KV pool (the message says which limit and how to fix it).
+        """
+        params = params or SamplingParams()
+        request_id = str(next(self._counter)) if request_id is None else request_id
+        ids = self.prepare_prompt(prompt, params)
+        self.add_prepared(request_id, prompt if isinstance(prompt, str) else None, ids, params)
+        return request_id
+
+    def prepare_prompt(self, prompt: str | list[int], params: SamplingParams) -> list[int]:
+        """Token ids of a prompt, validated against the engine's limits (reads no mutable state: thread-safe)."""
+        ids = self._encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        self._check(ids, params)
+        return ids
+
+    def add_prepared(self, request_id: str, text: str | None, ids: list[int], params: SamplingParams) -> None:
+        if request_id in self.requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        max_tokens = params.max_tokens if params.max_tokens is not None else self.max_model_len - len(ids)
+        req = _Request(request_id, text, ids, params)
+        seq = Sequence(request_id, ids, params)
+        req.choices.append(self._choice(seq, 0, max_tokens))
+        self.requests[request_id] = req
+        self.scheduler.add(seq)
+
+    def _encode(self, text: str) -> list[int]:
+        tok = self.tokenizer
+        bos_text = tok.id_to_token(tok.bos_id) if tok.bos_id is not None else None
+        add_bos = tok.bos_id is not None and not (bos_text and text.startswith(bos_text))
+        return tok.encode(text, add_bos=add_bos)
+
+    def _check(self, ids: list[int], params: SamplingParams) -> None:
+        if not ids:
+            raise ValueError("the prompt is empty: give at least one token")
+        V = self.model_config.vocab_size
+        bad = [t for t in ids if not 0 <= t < V]
+        if bad:
+            raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary (0..{V - 1})")
+        n, limit = len(ids), self.max_model_len
+        want = n + (params.max_tokens if params.max_tokens is not None else 1)
+        if want > limit:
+            raise ValueError(
+                f"this model's maximum context length is {limit} tokens, but the request needs {want} "
+                f"({n} prompt + {want - n} max_tokens); shorten the prompt or lower max_tokens"
+            )
+        total = n + (params.max_tokens if params.max_tokens is not None else limit - n)
+        blocks, pool = self.block_manager.blocks_needed(total), self.block_manager.num_blocks
+        if blocks > pool:
+            raise ValueError(
+                f"the request can never fit: {total} tokens need {blocks} KV blocks and the pool holds {pool}; "
+                "lower max_tokens, or give the KV cache more memory (gpu_memory_utilization, num_kv_blocks)"
+            )
+
+    def _choice(self, seq: Sequence, index: int, max_tokens: int) -> _Choice:
+        p = seq.params
+        return _Choice(
+            seq=seq,
+            detok=IncrementalDetokenizer(self.tokenizer, skip_special_tokens=p.skip_special_tokens),
+            stop=StopChecker(p, self.eos_ids, max_tokens=max_tokens),
+            out=CompletionOutput(index=index, logprobs=[] if p.logprobs is not None else None),
+            generator=make_generator(p.seed + index, self.runner.device) if p.seed is not None else None,
+        )
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Stop a request now (its blocks are freed); returns its final output, or None if unknown/finished."""
+        req = self.requests.pop(request_id, None)
+        if req is None:
+            return None
+        for c in req.choices:
+            if not c.out.finished:
+                self.scheduler.finish(c.seq, "abort")
+                c.out.finish_reason = "abort"
+        out = self._output(req, req.choices)
+        out.finished = True  # also when a request with n > 1 had not forked yet
+        return out
+
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    # ---- the step ----
+
+    def step(self) -> list[RequestOutput]:
+        """Schedule, run the model once, sample, and return an output for every request that progressed."""
+        batch = self.scheduler.schedule()
+        if not batch.seqs:
+            return []
+        step = self.runner.run(batch)
+        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            seq.num_computed += n
+            self.block_manager.commit(seq)
+        self._prompt_logprobs(step)
+        rows, choices = self._sampling_rows(step)
+        touched: dict[str, list[_Choice]] = {}
+        if rows:
+            sampled = self._sample(step.logits[rows], choices)
+            now = time.monotonic()
+            for i, c in enumerate(choices):
+                self._append(c, i, sampled)
+                req = self.requests[c.seq.request_id]
+                req.first_token = req.first_token or now
+                touched.setdefault(req.request_id, []).append(c)
+        outputs = []
+        for rid, cs in touched.items():
+            req = self.requests[rid]
+            outputs.append(self._output(req, cs))
+            if req.finished:
+                del self.requests[rid]
+        return outputs
+
+    def _sampling_rows(self, step: StepLogits) -> tuple[list[int], list[_Choice]]:
+        """Logits row and choice of each sampling sequence; a request with n > 1 forks at its first sample."""
+        rows, choices = [], []
+        for i, seq in enumerate(step.sample_seqs):
+            req = self.requests[seq.request_id]
+            family = [seq]
+            if not seq.forked:
+                seq.forked = True
+                max_tokens = req.choices[0].stop.max_tokens
+                for k in range(1, seq.params.n):
+                    child = seq.fork(k)
+                    self.block_manager.fork(seq, child)
+                    self.scheduler.admit_fork(child, after=family[-1])
+                    req.choices.append(self._choice(child, k, max_tokens))
+                    family.append(child)
+            for s in family:
+                rows.append(i)
+                choices.append(req.choices[s.index])
+        return rows, choices
+
+    def _sample(self, logits: torch.Tensor, choices: list[_Choice]) -> SamplerOutput:
+        seqs = [c.seq for c in choices]
+        params = [s.params for s in seqs]
+        # token lists cost a copy per step: hand them over only when a penalty or min_tokens reads them
+        rep = any(p.repetition_penalty != 1.0 for p in params)
+        outs = rep or any(p.presence_penalty or p.frequency_penalty or p.min_tokens for p in params)
+        tensors = SamplingTensors.from_params(
+            params, [s.output_token_ids if outs else [] for s in seqs],
+            [s.prompt_token_ids if rep else [] for s in seqs], logits.device, logits.shape[-1], self.eos_ids,
+        )
+        gens = {i: c.generator for i, c in enumerate(choices) if c.generator is not None}
+        return self.sampler(logits, tensors, gens)
+
+    def _append(self, c: _Choice, row: int, sampled: SamplerOutput) -> None:
+        seq, out = c.seq, c.out
+        token = int(sampled.token_ids[row])
+        seq.token_ids.append(token)
+        out.token_ids.append(token)
+        out.delta_token_ids.append(token)
+        if out.logprobs is not None:
+            top = []
+            if sampled.top_token_ids is not None and seq.params.logprobs:
+                k = seq.params.logprobs
+                top = list(zip(sampled.top_token_ids[row, :k].tolist(), sampled.top_logprobs[row, :k].tolist(),
+                               strict=True))
+            out.logprobs.append({"token_id": token, "logprob": float(sampled.logprobs[row]), "top": top})
+        text, reason = c.stop.update(token, c.detok.add(token))
+        if reason is None and seq.num_tokens >= self.max_model_len:
+            text += c.stop.flush(c.detok.flush())
+            reason = "length"
+        out.text += text
+        out.delta_text += text
+        if reason is not None:
+            out.finish_reason, out.stop_reason = reason, c.stop.stop_reason
+            self.scheduler.finish(seq, reason)
+
+    def _prompt_logprobs(self, step: StepLogits) -> None:
+        """Log-probs of the prompt tokens computed this step (chunk by chunk), for requests that asked for them."""
+        for seq in self.scheduler.running + step.sample_seqs:
+            if seq.seq_id not in step.prompt_logits:
+                continue
+            s, logits = step.prompt_logits.pop(seq.seq_id)
+            if s == 0:
+                seq.prompt_logprobs = [None]  # the first prompt token has no context
+            ids = seq.prompt_token_ids[s : s + logits.shape[0] + 1]  # row j (position s+j) predicts ids[j + 1]
+            if len(ids) < 2:
+                continue
+            n = seq.params.prompt_logprobs
+            res = prompt_logprobs(F.pad(logits[: len(ids) - 1], (0, 0, 0, 1)), ids, n)
+            for j in range(len(ids) - 1):
+                top = [] if res.top_token_ids is None else list(
+                    zip(res.top_token_ids[j, :n].tolist(), res.top_logprobs[j, :n].tolist(), strict=True))
+                seq.prompt_logprobs.append(
+                    {"token_id": ids[j + 1], "logprob": float(res.logprobs[j]), "top": top})
+
+    def _output(self, req: _Request, changed: list[_Choice]) -> RequestOutput:
+        outs = []
+        for c in sorted(req.choices, key=lambda c: c.out.index):
+            o = c.out
+            outs.append(CompletionOutput(o.index, o.text, list(o.token_ids), o.logprobs, o.finish_reason,
+                                         o.stop_reason, o.delta_text, list(o.delta_token_ids)))
+            o.delta_text, o.delta_token_ids = "", []
+        seq0 = req.choices[0].seq
+        return RequestOutput(
+            request_id=req.request_id, prompt=req.prompt, prompt_token_ids=req.prompt_ids, outputs=outs,
+            finished=all(o.finished for o in outs) and len(outs) == req.params.n,
+            prompt_logprobs=seq0.prompt_logprobs or None, num_cached_tokens=seq0.num_cached_prompt,
+            metrics={"arrival": req.arrival, "first_token": req.first_token, "now": time.monotonic()},
+        )
+
+    # ---- convenience ----
+
+    def generate(self, prompts: list[str | list[int]], params: SamplingParams | list[SamplingParams] | None = None
+                 ) -> list[RequestOutput]:
+        """Run prompts to completion; outputs in prompt order."""
+        plist = params if isinstance(params, list) else [params] * len(prompts)
+        ids = [self.add_request(p, sp) for p, sp in zip(prompts, plist, strict=True)]
+        final: dict[str, RequestOutput] = {}
+        while self.has_unfinished():
+            for out in self.step():
+                if out.finished:
+                    final[out.request_id] = out
+        return [final[i] for i in ids]

@@ -1,0 +1,239 @@
+"""Runs the model over a scheduled batch: KV-cache sizing, input preparation, CUDA graphs for decode steps.
+
+The KV pool is sized after a profiling forward of a full token budget: what `gpu_memory_utilization` of the card
+leaves after weights, activations and non-torch memory becomes blocks. Decode-only steps (every sequence adds one
+token) replay a CUDA graph captured for the next larger batch size, padded rows writing to no slot.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from shusheng.model import ModelConfig, Transformer, load_pretrained
+
+from .config import EngineConfig
+from .paged_attention import AttentionMetadata, PagedAttention, ops_for
+from .scheduler import ScheduledBatch
+from .sequence import Sequence
+
+
+@dataclass
+class StepLogits:
+    logits: Tensor  # (R, V) fp32: one row per sequence that samples this step, in `sample_seqs` order
+    sample_seqs: list[Sequence]
+    # seq_id -> (first position, (m, V) fp32 logits at prompt positions first .. first + m - 1), for prompt logprobs
+    prompt_logits: dict[int, tuple[int, Tensor]] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but CUDA is not available; use device='cpu'")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device, checkpoint_dtype: str) -> torch.dtype:
+    if name != "auto":
+        return getattr(torch, name)
+    if device.type == "cpu":
+        return torch.float32  # CPU matmuls in bf16 are slow and the tests compare with fp32 references
+    dtype = getattr(torch, checkpoint_dtype, torch.bfloat16)
+    return torch.bfloat16 if dtype == torch.float32 else dtype
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, model: Transformer | None = None):
+        self.config = config
+        self.device = resolve_device(config.device)
+        if model is None:
+            ckpt_cfg = ModelConfig.from_file(config.model)
+            self.dtype = resolve_dtype(config.dtype, self.device, ckpt_cfg.torch_dtype)
+            model = load_pretrained(config.model, dtype=self.dtype, device=self.device)
+        else:  # an in-memory model (benchmarks with random weights): used as it is
+            self.dtype = next(model.parameters()).dtype
+            self.device = next(model.parameters()).device
+        self.model = model.eval()
+        self.model_config = mc = self.model.config
+        self.max_model_len = config.max_model_len or mc.max_position_embeddings
+        self.block_size = config.block_size
+        self.max_blocks_per_seq = math.ceil(self.max_model_len / self.block_size)
+        self.ops = ops_for(self.device)
+        self.num_blocks = config.num_kv_blocks or self._auto_num_blocks()
+        shape = (self.num_blocks, self.block_size, mc.num_kv_heads, mc.head_dim)
+        self.k_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(mc.num_layers)]
+        self.v_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(mc.num_layers)]
+        self.attn = PagedAttention(self.k_caches, self.v_caches, self.ops)
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor]] = {}
+        self.graph_replays = 0
+        if self.device.type == "cuda" and not config.enforce_eager:
+            self._capture_graphs()
+
+    # ---- KV pool sizing ----
+
+    @property
+    def bytes_per_block(self) -> int:
+        mc = self.model_config
+        return 2 * mc.num_layers * self.block_size * mc.num_kv_heads * mc.head_dim * self.dtype.itemsize
+
+    def _auto_num_blocks(self) -> int:
+        need_one = self.max_blocks_per_seq  # one sequence at max_model_len must always fit
+        if self.device.type != "cuda":
+            cap = self.config.max_num_seqs * self.max_blocks_per_seq
+            return max(need_one, min(cap, int(self.config.cpu_kv_cache_gb * 1e9 // self.bytes_per_block)))
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self._profile_forward()
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device)
+        free, total = torch.cuda.mem_get_info(self.device)
+        non_torch = (total - free) - torch.cuda.memory_reserved(self.device)  # CUDA context, NCCL, ...
+        kv_bytes = total * self.config.gpu_memory_utilization - peak - non_torch
+        blocks = int(kv_bytes // self.bytes_per_block)
+        if blocks < need_one:
+            raise ValueError(
+                f"not enough GPU memory for the KV cache: {max(kv_bytes, 0) / 2**30:.2f} GiB left for it after the "
+                f"weights and activations, one {self.max_model_len}-token sequence needs "
+                f"{need_one * self.bytes_per_block / 2**30:.2f} GiB; raise gpu_memory_utilization or lower "
+                "max_model_len"
+            )
+        torch.cuda.empty_cache()
+        return blocks
+
+    @torch.inference_mode()
+    def _profile_forward(self) -> None:
+        """A forward of a full token budget (and its sampled rows) through a throwaway cache."""
+        mc = self.model_config
+        n = min(self.config.max_num_batched_tokens, self.config.max_num_seqs * self.max_model_len)
+        lens = [min(self.max_model_len, n - i) for i in range(0, n, self.max_model_len)]
+        nb = sum(math.ceil(x / self.block_size) for x in lens)
+        shape = (nb, self.block_size, mc.num_kv_heads, mc.head_dim)
+        k = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(mc.num_layers)]
+        v = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(mc.num_layers)]
+        attn = PagedAttention(k, v, self.ops)
+        tables, slots, start = [], [], 0
+        for x in lens:
+            blocks = list(range(start, start + math.ceil(x / self.block_size)))
+            tables.append(blocks + [0] * (self.max_blocks_per_seq - len(blocks)))
+            slots += [blocks[p // self.block_size] * self.block_size + p % self.block_size for p in range(x)]
+            start += len(blocks)
+        attn.meta = self._metadata(slots, tables, lens, lens, decode_only=False)
+        ids = torch.zeros(1, n, dtype=torch.long, device=self.device)
+        pos = torch.cat([torch.arange(x, device=self.device) for x in lens])[None]
+        h = self.model(ids, positions=pos, attention=attn, return_hidden=True)[0]
+        self.model.output(h[: self.config.max_num_seqs]).float()
+
+    # ---- inputs ----
+
+    def _metadata(self, slots, tables, q_lens, ctx_lens, decode_only: bool) -> AttentionMetadata:
+        dev, i32 = self.device, torch.int32
+        cu = [0]
+        for n in q_lens:
+            cu.append(cu[-1] + n)
+        return AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
+            block_tables=torch.tensor(tables, dtype=i32, device=dev),
+            context_lens=torch.tensor(ctx_lens, dtype=i32, device=dev),
+            cu_seqlens_q=torch.tensor(cu, dtype=i32, device=dev),
+            max_q_len=max(q_lens),
+            max_context_len=max(ctx_lens),
+            decode_only=decode_only,
+        )
+
+    @torch.inference_mode()
+    def run(self, batch: ScheduledBatch) -> StepLogits:
+        """Compute the batch's new tokens; return logits for the sequences that reach their end (they sample)."""
+        for src, dst in batch.block_copies:  # copy-on-write of shared blocks, before anything writes to them
+            for kc, vc in zip(self.k_caches, self.v_caches, strict=True):
+                kc[dst].copy_(kc[src])
+                vc[dst].copy_(vc[src])
+        bs = self.block_size
+        ids, pos, slots, tables, ctx, sample_rows, sample_seqs, prompt_rows = [], [], [], [], [], [], [], {}
+        width = max(len(s.block_table) for s in batch.seqs)
+        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            s = seq.num_computed
+            row0 = len(ids)
+            ids += seq.token_ids[s : s + n]
+            pos += range(s, s + n)
+            table = seq.block_table
+            slots += [table[p // bs] * bs + p % bs for p in range(s, s + n)]
+            tables.append(table + [0] * (width - len(table)))
+            ctx.append(s + n)
+            if s + n == seq.num_tokens:
+                sample_rows.append(len(ids) - 1)
+                sample_seqs.append(seq)
+            if seq.params.prompt_logprobs is not None and s < seq.num_prompt_tokens:
+                prompt_rows[seq.seq_id] = (s, range(row0, row0 + min(n, seq.num_prompt_tokens - s)))
+        if batch.is_decode_only and self.graphs and len(batch) <= max(self.graphs):
+            logits = self._replay(ids, pos, slots, tables, ctx)
+            return StepLogits(logits, sample_seqs)
+        self.attn.meta = self._metadata(slots, tables, batch.num_new_tokens, ctx, batch.is_decode_only)
+        dev = self.device
+        h = self.model(torch.tensor([ids], device=dev), positions=torch.tensor([pos], device=dev),
+                       attention=self.attn, return_hidden=True)[0]
+        logits = self.model.output(h[sample_rows]).float()
+        prompt_logits = {sid: (s, self.model.output(h[r.start : r.stop]).float())
+                         for sid, (s, r) in prompt_rows.items()}
+        return StepLogits(logits, sample_seqs, prompt_logits)
+
+    # ---- CUDA graphs ----
+
+    def _graph_sizes(self) -> list[int]:
+        top = min(self.config.max_graph_batch_size, self.config.max_num_seqs)
+        sizes = [s for s in (1, 2, 4, 8) if s < top] + list(range(16, top, 16)) + [top]
+        return sorted(set(sizes))
+
+    @torch.inference_mode()
+    def _capture_graphs(self) -> None:
+        top = self._graph_sizes()[-1]
+        dev, i32 = self.device, torch.int32
+        self._g_ids = torch.zeros(top, dtype=torch.long, device=dev)
+        self._g_pos = torch.zeros(top, dtype=torch.long, device=dev)
+        self._g_slots = torch.full((top,), -1, dtype=torch.long, device=dev)
+        self._g_ctx = torch.ones(top, dtype=i32, device=dev)
+        self._g_tables = torch.zeros(top, self.max_blocks_per_seq, dtype=i32, device=dev)
+        cu = torch.arange(top + 1, dtype=i32, device=dev)
+        pool = None
+        for size in reversed(self._graph_sizes()):  # largest first, so smaller graphs reuse its memory pool
+            attn = PagedAttention(self.k_caches, self.v_caches, self.ops)
+            attn.meta = AttentionMetadata(self._g_slots[:size], self._g_tables[:size], self._g_ctx[:size],
+                                          cu[: size + 1], 1, self.max_model_len, decode_only=True)
+
+            def step(size=size, attn=attn):
+                h = self.model(self._g_ids[None, :size], positions=self._g_pos[None, :size], attention=attn,
+                               return_hidden=True)[0]
+                return self.model.output(h)
+
+            stream = torch.cuda.Stream(dev)
+            stream.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(stream):
+                step()  # warm-up: kernel compilation and autotuning happen outside the capture
+            torch.cuda.current_stream(dev).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                out = step()
+            pool = graph.pool()
+            self.graphs[size] = (graph, out)
+        torch.cuda.synchronize(dev)
+
+    def _replay(self, ids, pos, slots, tables, ctx) -> Tensor:
+        B = len(ids)
+        size = next(s for s in sorted(self.graphs) if s >= B)
+        graph, out = self.graphs[size]
+        dev = self.device
+        self._g_ids[:B].copy_(torch.tensor(ids, device=dev), non_blocking=True)
+        self._g_pos[:B].copy_(torch.tensor(pos, device=dev), non_blocking=True)
+        self._g_slots[:B].copy_(torch.tensor(slots, device=dev), non_blocking=True)
+        self._g_slots[B:size].fill_(-1)  # padded rows write nowhere
+        self._g_ctx[:B].copy_(torch.tensor(ctx, dtype=torch.int32, device=dev), non_blocking=True)
+        self._g_ctx[B:size].fill_(1)
+        t = torch.tensor(tables, dtype=torch.int32, device=dev)
+        self._g_tables[:B, : t.shape[1]].copy_(t, non_blocking=True)
+        graph.replay()
+        self.graph_replays += 1
+        return out[:B].float()

@@ -1,0 +1,71 @@
+"""The paged-KV attention backend the engine plugs into `shusheng.model`'s decoder.
+
+The model's attention layer hands over q (1, N, H, D) and the new k, v (1, N, KV, D) of all N tokens of a step,
+flattened over sequences. This backend stores k, v into the layer's paged cache by slot mapping, then attends each
+query to its sequence's cached context through the block table: the paged decode kernel when every sequence adds
+one token, the extend kernel otherwise (chunked prefill, prefix-cache hits, decodes mixed with prefills).
+`TritonOps` runs the kernels of `kernels/` on a GPU; `TorchOps` runs their PyTorch references anywhere (CPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from shusheng.model.attention import AttentionBackend
+
+from . import kernels
+
+
+class TorchOps:
+    store_kv = staticmethod(kernels.store_kv_ref)
+    decode = staticmethod(kernels.paged_decode_attention_ref)
+    extend = staticmethod(kernels.paged_extend_attention_ref)
+
+
+class TritonOps:
+    store_kv = staticmethod(kernels.store_kv)
+    decode = staticmethod(kernels.paged_decode_attention)
+    extend = staticmethod(kernels.paged_extend_attention)
+
+
+@dataclass
+class AttentionMetadata:
+    """Per-step layout of the flattened batch (all int32 tensors on the cache's device)."""
+
+    slot_mapping: Tensor  # (N,) cache slot of each new token; -1 skips (CUDA-graph padding)
+    block_tables: Tensor  # (B, max_blocks)
+    context_lens: Tensor  # (B,) cached tokens after this step's, per sequence
+    cu_seqlens_q: Tensor  # (B + 1,) new tokens per sequence, cumulative
+    max_q_len: int
+    max_context_len: int
+    decode_only: bool  # every sequence adds exactly one token
+    num_splits: int | None = None  # decode split-K partitions (None: chosen by the kernel)
+
+
+class PagedAttention(AttentionBackend):
+    def __init__(self, k_caches: list[Tensor], v_caches: list[Tensor], ops=TorchOps):
+        super().__init__()
+        self.k_caches, self.v_caches = k_caches, v_caches
+        self.ops = ops
+        self.meta: AttentionMetadata | None = None
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, layer: int) -> Tensor:
+        _, N, H, D = q.shape
+        m = self.meta
+        q, k, v = q.view(N, H, D), k.view(N, -1, D), v.view(N, -1, D)
+        kc, vc = self.k_caches[layer], self.v_caches[layer]
+        self.ops.store_kv(k, v, kc, vc, m.slot_mapping)
+        scale = D**-0.5
+        if m.decode_only:
+            out = self.ops.decode(q, kc, vc, m.block_tables, m.context_lens, scale, num_splits=m.num_splits,
+                                  max_context_len=m.max_context_len)
+        else:
+            out = self.ops.extend(q, kc, vc, m.block_tables, m.cu_seqlens_q, m.context_lens, m.max_q_len, scale)
+        return out.view(1, N, H, D)
+
+
+def ops_for(device: torch.device):
+    return TritonOps if device.type == "cuda" else TorchOps

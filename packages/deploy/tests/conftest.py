@@ -1,0 +1,61 @@
+import json
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():  # Triton kernels run in its interpreter on CPU; must be set before triton loads
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+from tokenizers import Tokenizer as RawTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from shusheng.model import ModelConfig, build_model, load_tokenizer, save_pretrained
+
+TEXT = [
+    "The quick brown fox jumps over the lazy dog. Shusheng serves InternLM2 and Llama models.",
+    "Paged attention stores keys and values in blocks; continuous batching keeps the GPU busy.",
+    "你好，世界。 Streaming detokenization never splits a character. 😀",
+]
+SPECIALS = ["<unk>", "<s>", "</s>", "<|plugin|>", "<|interpreter|>", "<|action_end|>", "<|action_start|>",
+            "<|im_end|>", "<|im_start|>"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` skip on machines without CUDA."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def make_tokenizer(folder, vocab_size=300):
+    raw = RawTokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    raw.train_from_iterator(TEXT, trainer)
+    folder.mkdir(parents=True, exist_ok=True)
+    raw.save(str(folder / "tokenizer.json"))
+    cfg = {"bos_token": "<s>", "eos_token": "</s>", "chat_template_name": "internlm2"}
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return load_tokenizer(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    """A tiny InternLM2 checkpoint with its tokenizer; weights scaled up so greedy argmax has clear margins."""
+    folder = tmp_path_factory.mktemp("tiny")
+    tok = make_tokenizer(folder / "tok")
+    cfg = ModelConfig.from_name("tiny", vocab_size=tok.vocab_size, num_heads=4, num_kv_heads=2,
+                                bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.eos_id,
+                                max_position_embeddings=512)
+    model = build_model(cfg, seed=0)
+    with torch.no_grad():
+        for i, (name, p) in enumerate(model.named_parameters()):
+            if not name.endswith("norm.weight"):
+                p.normal_(0, 0.3, generator=torch.Generator().manual_seed(i))
+    save_pretrained(model, folder / "ckpt", format="internlm2", tokenizer=tok)
+    return folder / "ckpt"
