@@ -139,7 +139,7 @@ def check_decode(H, KV, D, block_size, lens, num_splits, dtype, seed, max_contex
         (8, 4, 128, 32, [5, 32, 33, 130], 2, torch.float16),  # G = 2
         (8, 2, 64, 16, [1, 17, 200, 48], 3, torch.float32),  # G = 4; short rows leave splits empty
         (8, 1, 128, 16, [300, 1, 65, 16], 4, torch.float16),  # G = 8
-        (8, 2, 64, 32, [1, 16, 49, 300], None, torch.float32),  # automatic choice (reads max from the lens)
+        (8, 2, 64, 32, [1, 16, 49, 1100], None, torch.float32),  # automatic: 4 splits (max read from the lens)
         (6, 2, 32, 16, [7, 150], 2, torch.float32),  # G = 3 (not a power of two), D = 32
         (4, 2, 256, 16, [80, 1], 2, torch.float16),  # D = 256
     ],
@@ -150,8 +150,8 @@ def test_paged_decode_attention(H, KV, D, block_size, lens, num_splits, dtype):
 
 def test_decode_num_splits():
     assert decode_num_splits(64, 8, 4096, num_sms=132) == 1  # 512 programs already fill the GPU
-    assert decode_num_splits(1, 8, 200, num_sms=132) == 1  # short context
-    assert decode_num_splits(1, 8, 300, num_sms=132) == 2  # 4 full tiles: at most 2 splits of >= 2 tiles
+    assert decode_num_splits(1, 8, 500, num_sms=132) == 1  # short context
+    assert decode_num_splits(1, 8, 600, num_sms=132) == 2  # at most 2 splits of >= 256 tokens
     assert decode_num_splits(4, 8, 4096, num_sms=132) == 9  # ceil(2 * 132 / 32)
     assert decode_num_splits(1, 8, 32768, num_sms=132) == 16  # capped
 
@@ -187,7 +187,6 @@ def check_extend(H, KV, D, block_size, prefixes, q_lens, dtype, seed):
         (2, 1, 64, 32, [5], [150], torch.float32),  # several query tiles and mask-free key tiles
         (6, 2, 32, 16, [20, 0], [50, 3], torch.float32),  # G = 3 (not a power of two), D = 32
         (4, 2, 256, 16, [40, 0], [30, 1], torch.float16),  # D = 256
-        (2, 2, 256, 32, [0], [70], torch.float32),
     ],
 )
 def test_paged_extend_attention(H, KV, D, block_size, prefixes, q_lens, dtype):

@@ -189,9 +189,11 @@ class LLMEngine:
         touched: dict[str, list[_Choice]] = {}
         if rows:
             sampled = self._sample(step.logits[rows], choices)
+            tokens = sampled.token_ids.tolist()  # one device-to-host copy for the whole batch
+            logprobs = sampled.logprobs.tolist() if any(c.out.logprobs is not None for c in choices) else None
             now = time.monotonic()
             for i, c in enumerate(choices):
-                self._append(c, i, sampled)
+                self._append(c, i, tokens[i], logprobs, sampled)
                 req = self.requests[c.seq.request_id]
                 req.first_token = req.first_token or now
                 touched.setdefault(req.request_id, []).append(c)
@@ -236,9 +238,8 @@ class LLMEngine:
         gens = {i: c.generator for i, c in enumerate(choices) if c.generator is not None}
         return self.sampler(logits, tensors, gens)
 
-    def _append(self, c: _Choice, row: int, sampled: SamplerOutput) -> None:
+    def _append(self, c: _Choice, row: int, token: int, logprobs: list[float] | None, sampled: SamplerOutput) -> None:
         seq, out = c.seq, c.out
-        token = int(sampled.token_ids[row])
         seq.token_ids.append(token)
         out.token_ids.append(token)
         out.delta_token_ids.append(token)
@@ -248,7 +249,7 @@ class LLMEngine:
                 k = seq.params.logprobs
                 top = list(zip(sampled.top_token_ids[row, :k].tolist(), sampled.top_logprobs[row, :k].tolist(),
                                strict=True))
-            out.logprobs.append({"token_id": token, "logprob": float(sampled.logprobs[row]), "top": top})
+            out.logprobs.append({"token_id": token, "logprob": logprobs[row], "top": top})
         text, reason = c.stop.update(token, c.detok.add(token))
         if reason is None and seq.num_tokens >= self.max_model_len:
             text += c.stop.flush(c.detok.flush())
@@ -282,8 +283,10 @@ class LLMEngine:
         outs = []
         for c in sorted(req.choices, key=lambda c: c.out.index):
             o = c.out
-            outs.append(CompletionOutput(o.index, o.text, list(o.token_ids), o.logprobs, o.finish_reason,
-                                         o.stop_reason, o.delta_text, list(o.delta_token_ids)))
+            # a finished choice hands over its lists; a running one a copy (the engine keeps appending to its own)
+            tokens = o.token_ids if o.finished else list(o.token_ids)
+            outs.append(CompletionOutput(o.index, o.text, tokens, o.logprobs, o.finish_reason, o.stop_reason,
+                                         o.delta_text, o.delta_token_ids))
             o.delta_text, o.delta_token_ids = "", []
         seq0 = req.choices[0].seq
         return RequestOutput(

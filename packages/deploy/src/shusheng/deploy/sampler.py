@@ -52,7 +52,7 @@ class SamplingTensors:
         max_num_logprobs: Largest ``logprobs`` asked for in the batch; None when no row asks.
     """
 
-    temperatures: Tensor
+    temperatures: Tensor | None
     greedy: Tensor | None
     all_greedy: bool
     top_ks: Tensor | None
@@ -114,13 +114,15 @@ class SamplingTensors:
             t = torch.frombuffer(flat, dtype=torch.long).view(B, L)
             return (t.pin_memory() if device.type == "cuda" else t.clone()).to(device, non_blocking=True)
 
-        # one copy for all float parameters: (6, B)
-        floats = put([[1.0 if p.greedy else p.temperature for p in params], [p.top_p for p in params],
-                      [p.min_p for p in params], [p.repetition_penalty for p in params],
-                      [p.presence_penalty for p in params], [p.frequency_penalty for p in params]], torch.float32)
-        temperatures, top_ps, min_ps, repetition, presence, frequency = floats.unbind(0)
         use_repetition = any(p.repetition_penalty != 1.0 for p in params)
         use_penalties = use_repetition or any(p.presence_penalty or p.frequency_penalty for p in params)
+        if sampled or use_penalties:  # one copy for all float parameters: (6, B)
+            floats = put([[1.0 if p.greedy else p.temperature for p in params], [p.top_p for p in params],
+                          [p.min_p for p in params], [p.repetition_penalty for p in params],
+                          [p.presence_penalty for p in params], [p.frequency_penalty for p in params]], torch.float32)
+            temperatures, top_ps, min_ps, repetition, presence, frequency = floats.unbind(0)
+        else:  # all greedy, no penalties: argmax needs no per-row tensors (the common serving fast path)
+            temperatures = top_ps = min_ps = repetition = presence = frequency = None
 
         rows, ids = [], []
         for i, (p, out) in enumerate(zip(params, output_token_ids, strict=True)):
@@ -131,7 +133,7 @@ class SamplingTensors:
         wanted = [p.logprobs for p in params if p.logprobs is not None]
         return cls(
             temperatures=temperatures,
-            greedy=put(greedy, torch.bool) if any(greedy) else None,
+            greedy=put(greedy, torch.bool) if any(greedy) and sampled else None,
             all_greedy=not sampled,
             top_ks=put([min(p.top_k, V) if p.top_k > 0 else V for p in params], torch.long)
             if any(p.top_k > 0 for p in sampled) else None,
