@@ -16,6 +16,7 @@ from torch import Tensor
 from shusheng.model import ModelConfig, Transformer, load_pretrained
 
 from .config import EngineConfig
+from .fused_decoder import FusedDecoder
 from .paged_attention import AttentionMetadata, PagedAttention, ops_for
 from .scheduler import ScheduledBatch
 from .sequence import Sequence
@@ -64,6 +65,7 @@ class ModelRunner:
         self.block_size = config.block_size
         self.max_blocks_per_seq = math.ceil(self.max_model_len / self.block_size)
         self.ops = ops_for(self.device)
+        self.decoder = FusedDecoder(self.model, self.ops)  # takes over the model's w1/w3 (fused into w13)
         self.num_blocks = config.num_kv_blocks or self._auto_num_blocks()
         shape = (self.num_blocks, self.block_size, mc.num_kv_heads, mc.head_dim)
         self.k_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(mc.num_layers)]
@@ -123,9 +125,9 @@ class ModelRunner:
             slots += [blocks[p // self.block_size] * self.block_size + p % self.block_size for p in range(x)]
             start += len(blocks)
         attn.meta = self._metadata(slots, tables, lens, lens, decode_only=False)
-        ids = torch.zeros(1, n, dtype=torch.long, device=self.device)
-        pos = torch.cat([torch.arange(x, device=self.device) for x in lens])[None]
-        h = self.model(ids, positions=pos, attention=attn, return_hidden=True)[0]
+        ids = torch.zeros(n, dtype=torch.long, device=self.device)
+        pos = torch.cat([torch.arange(x, device=self.device) for x in lens])
+        h = self.decoder(ids, pos, attn)
         self.model.output(h[: self.config.max_num_seqs]).float()
 
     # ---- inputs ----
@@ -174,8 +176,7 @@ class ModelRunner:
             return StepLogits(logits, sample_seqs)
         self.attn.meta = self._metadata(slots, tables, batch.num_new_tokens, ctx, batch.is_decode_only)
         dev = self.device
-        h = self.model(torch.tensor([ids], device=dev), positions=torch.tensor([pos], device=dev),
-                       attention=self.attn, return_hidden=True)[0]
+        h = self.decoder(torch.tensor(ids, device=dev), torch.tensor(pos, device=dev), self.attn)
         logits = self.model.output(h[sample_rows]).float()
         prompt_logits = {sid: (s, self.model.output(h[r.start : r.stop]).float())
                          for sid, (s, r) in prompt_rows.items()}
@@ -205,9 +206,7 @@ class ModelRunner:
                                           cu[: size + 1], 1, self.max_model_len, decode_only=True)
 
             def step(size=size, attn=attn):
-                h = self.model(self._g_ids[None, :size], positions=self._g_pos[None, :size], attention=attn,
-                               return_hidden=True)[0]
-                return self.model.output(h)
+                return self.model.output(self.decoder(self._g_ids[:size], self._g_pos[:size], attn))
 
             stream = torch.cuda.Stream(dev)
             stream.wait_stream(torch.cuda.current_stream(dev))

@@ -4,7 +4,8 @@ The model's attention layer hands over q (1, N, H, D) and the new k, v (1, N, KV
 flattened over sequences. This backend stores k, v into the layer's paged cache by slot mapping, then attends each
 query to its sequence's cached context through the block table: the paged decode kernel when every sequence adds
 one token, the extend kernel otherwise (chunked prefill, prefix-cache hits, decodes mixed with prefills).
-`TritonOps` runs the kernels of `kernels/` on a GPU; `TorchOps` runs their PyTorch references anywhere (CPU).
+`TritonOps` runs the kernels of `kernels/` on a GPU; `TorchOps` runs their PyTorch references anywhere (CPU). The
+same two op sets serve `FusedDecoder`'s norm, rotary and SwiGLU kernels.
 """
 
 from __future__ import annotations
@@ -20,15 +21,27 @@ from . import kernels
 
 
 class TorchOps:
+    """The kernels' PyTorch references (any device)."""
+
     store_kv = staticmethod(kernels.store_kv_ref)
     decode = staticmethod(kernels.paged_decode_attention_ref)
     extend = staticmethod(kernels.paged_extend_attention_ref)
+    rms_norm = staticmethod(kernels.rms_norm_ref)
+    fused_add_rms_norm = staticmethod(kernels.fused_add_rms_norm_ref)
+    qkv_rotary = staticmethod(kernels.qkv_rotary_ref)
+    silu_mul = staticmethod(kernels.silu_mul_ref)
 
 
 class TritonOps:
+    """The Triton kernels (CUDA, or Triton's interpreter)."""
+
     store_kv = staticmethod(kernels.store_kv)
     decode = staticmethod(kernels.paged_decode_attention)
     extend = staticmethod(kernels.paged_extend_attention)
+    rms_norm = staticmethod(kernels.rms_norm)
+    fused_add_rms_norm = staticmethod(kernels.fused_add_rms_norm)
+    qkv_rotary = staticmethod(kernels.qkv_rotary)
+    silu_mul = staticmethod(kernels.silu_mul)
 
 
 @dataclass

@@ -3,6 +3,9 @@
 - `store_kv`: write new tokens' K/V into the paged cache at their slots.
 - `paged_decode_attention`: one query per sequence, split-K ("flash decoding") with a reduce step.
 - `paged_extend_attention`: chunked prefill / prefix-cache hits, causal, all K/V read through the block table.
+- `rms_norm`, `fused_add_rms_norm`: RMSNorm, and residual add + RMSNorm in one pass.
+- `qkv_rotary`: split the grouped `wqkv` output into q, k, v and apply rotary to q and k in one launch.
+- `silu_mul`: SwiGLU's `silu(gate) * up` over the fused w1|w3 output.
 
 Every module imports without triton (CPU-only torch); the `*_ref` functions then still work.
 """
@@ -13,15 +16,26 @@ from shusheng.deploy.kernels.decode_attention import (
     paged_decode_attention_ref,
 )
 from shusheng.deploy.kernels.extend_attention import paged_extend_attention, paged_extend_attention_ref
+from shusheng.deploy.kernels.fused_norm import fused_add_rms_norm, fused_add_rms_norm_ref, rms_norm, rms_norm_ref
+from shusheng.deploy.kernels.rotary import qkv_rotary, qkv_rotary_ref
 from shusheng.deploy.kernels.store_kv import HAS_TRITON, store_kv, store_kv_ref
+from shusheng.deploy.kernels.swiglu import silu_mul, silu_mul_ref
 
 __all__ = [
     "HAS_TRITON",
     "decode_num_splits",
+    "fused_add_rms_norm",
+    "fused_add_rms_norm_ref",
     "paged_decode_attention",
     "paged_decode_attention_ref",
     "paged_extend_attention",
     "paged_extend_attention_ref",
+    "qkv_rotary",
+    "qkv_rotary_ref",
+    "rms_norm",
+    "rms_norm_ref",
+    "silu_mul",
+    "silu_mul_ref",
     "store_kv",
     "store_kv_ref",
 ]
