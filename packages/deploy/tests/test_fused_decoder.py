@@ -15,8 +15,8 @@ from shusheng.model import ModelConfig, SDPAAttention, build_model
 def test_fused_decoder_equals_model(ops, rope):
     if ops is TritonOps:
         pytest.importorskip("triton")
-    cfg = ModelConfig.from_name("tiny", hidden_size=96, num_heads=6, num_kv_heads=2, qkv_bias=True, o_bias=True, rope_type=rope,
-                                rope_factor=2.0, max_position_embeddings=16)
+    cfg = ModelConfig.from_name("tiny", hidden_size=96, num_heads=6, num_kv_heads=2, qkv_bias=True, o_bias=True,
+                                rope_type=rope, rope_factor=2.0, max_position_embeddings=16)
     model = build_model(cfg, seed=3).eval()
     with torch.no_grad():
         for p in model.parameters():

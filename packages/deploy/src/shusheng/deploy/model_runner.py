@@ -193,11 +193,15 @@ class ModelRunner:
     def _capture_graphs(self) -> None:
         top = self._graph_sizes()[-1]
         dev, i32 = self.device, torch.int32
-        self._g_ids = torch.zeros(top, dtype=torch.long, device=dev)
-        self._g_pos = torch.zeros(top, dtype=torch.long, device=dev)
-        self._g_slots = torch.full((top,), -1, dtype=torch.long, device=dev)
+        # static inputs of the graphs; rows: ids, positions, slots, context lengths (copied to int32 for the kernel)
+        self._g_vec = torch.zeros(4, top, dtype=torch.long, device=dev)
+        self._g_ids, self._g_pos, self._g_slots = self._g_vec[0], self._g_vec[1], self._g_vec[2]
+        self._g_slots.fill_(-1)
         self._g_ctx = torch.ones(top, dtype=i32, device=dev)
         self._g_tables = torch.zeros(top, self.max_blocks_per_seq, dtype=i32, device=dev)
+        # pinned host staging: one asynchronous copy per step instead of several synchronous ones
+        self._h_vec = torch.zeros(4, top, dtype=torch.long).pin_memory()
+        self._h_tables = torch.zeros(top, self.max_blocks_per_seq, dtype=i32).pin_memory()
         cu = torch.arange(top + 1, dtype=i32, device=dev)
         pool = None
         for size in reversed(self._graph_sizes()):  # largest first, so smaller graphs reuse its memory pool
@@ -224,15 +228,13 @@ class ModelRunner:
         B = len(ids)
         size = next(s for s in sorted(self.graphs) if s >= B)
         graph, out = self.graphs[size]
-        dev = self.device
-        self._g_ids[:B].copy_(torch.tensor(ids, device=dev), non_blocking=True)
-        self._g_pos[:B].copy_(torch.tensor(pos, device=dev), non_blocking=True)
-        self._g_slots[:B].copy_(torch.tensor(slots, device=dev), non_blocking=True)
-        self._g_slots[B:size].fill_(-1)  # padded rows write nowhere
-        self._g_ctx[:B].copy_(torch.tensor(ctx, dtype=torch.int32, device=dev), non_blocking=True)
-        self._g_ctx[B:size].fill_(1)
-        t = torch.tensor(tables, dtype=torch.int32, device=dev)
-        self._g_tables[:B, : t.shape[1]].copy_(t, non_blocking=True)
+        pad = size - B  # padded rows: token 0 at position 0, written nowhere, attending to one slot
+        self._h_vec[:, :size] = torch.tensor([ids + [0] * pad, pos + [0] * pad, slots + [-1] * pad, ctx + [1] * pad])
+        self._g_vec[:, :size].copy_(self._h_vec[:, :size], non_blocking=True)
+        self._g_ctx[:size].copy_(self._g_vec[3, :size])
+        width = len(tables[0])
+        self._h_tables[:B, :width] = torch.tensor(tables, dtype=torch.int32)
+        self._g_tables[:B, :width].copy_(self._h_tables[:B, :width], non_blocking=True)
         graph.replay()
         self.graph_replays += 1
         return out[:B].float()
