@@ -59,3 +59,43 @@ def tiny_ckpt(tmp_path_factory):
                 p.normal_(0, 0.3, generator=torch.Generator().manual_seed(i))
     save_pretrained(model, folder / "ckpt", format="internlm2", tokenizer=tok)
     return folder / "ckpt"
+
+
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather of a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+_CALL = [{"id": "call_0", "type": "function",
+          "function": {"name": "get_weather", "arguments": json.dumps({"city": "Shanghai"})}}]
+TOOL_CONVERSATIONS = [  # a call after some text, and a call alone (what a forced tool_choice continues)
+    [{"role": "user", "content": "What is the weather in Shanghai?"},
+     {"role": "assistant", "content": "Let me check.", "tool_calls": _CALL}],
+    [{"role": "user", "content": "Weather in Shanghai, please."},
+     {"role": "assistant", "content": "", "tool_calls": _CALL}],
+]
+
+
+@pytest.fixture(scope="session")
+def tool_ckpt(tmp_path_factory):
+    """A tiny InternLM2 model fine-tuned (on its assistant tokens) to answer two weather questions with tool calls."""
+    from shusheng.model.chat import render_ids
+
+    folder = tmp_path_factory.mktemp("tool")
+    tok = make_tokenizer(folder / "tok", vocab_size=400)
+    cfg = ModelConfig.from_name("tiny", vocab_size=tok.vocab_size, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
+                                pad_token_id=tok.eos_id, max_position_embeddings=512)
+    torch.manual_seed(0)
+    model = build_model(cfg, seed=0)
+    batch = []
+    for conv in TOOL_CONVERSATIONS:
+        ids, mask = render_ids("internlm2", tok, conv, tools=TOOLS)
+        batch.append((torch.tensor([ids[:-1]]), torch.tensor([t if m else -100 for t, m in zip(ids[1:], mask[1:],
+                                                                                              strict=True)])))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(200):
+        loss = sum(torch.nn.functional.cross_entropy(model(x)[0], y, ignore_index=-100) for x, y in batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1
+    save_pretrained(model.eval(), folder / "ckpt", format="internlm2", tokenizer=tok)
+    return folder / "ckpt"

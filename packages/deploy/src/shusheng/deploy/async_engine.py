@@ -9,6 +9,7 @@ its streams.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import queue
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -97,6 +98,17 @@ class AsyncEngine:
     def abort(self, request_id: str) -> None:
         self._inbox.put(("abort", request_id))
 
+    async def run(self, fn, *args):
+        """Run `fn(engine, *args)` on the engine thread (which owns the model) and await its result."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._inbox.put(("call", fn, args, future))
+        return await asyncio.wrap_future(future)
+
+    @property
+    def num_unfinished(self) -> int:
+        """Requests added and not finished yet (queued in the inbox, waiting or running)."""
+        return len(self._streams)
+
     def shutdown(self, timeout: float = 10.0) -> None:
         self._stopped.set()
         self._inbox.put(("wake",))
@@ -135,6 +147,13 @@ class AsyncEngine:
         if item[0] == "add":
             _, rid, text, ids, params = item
             self.engine.add_prepared(rid, text, ids, params)
+        elif item[0] == "call":
+            _, fn, args, future = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(self.engine, *args))
+                except Exception as e:  # the caller gets the error; the engine goes on
+                    future.set_exception(e)
         elif item[0] == "abort":
             out = self.engine.abort(item[1])
             if out is not None:

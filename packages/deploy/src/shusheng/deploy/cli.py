@@ -52,6 +52,16 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
     g.add_argument("--stream", action="store_true", help="print text as it is generated (one prompt)")
     _engine_args(g)
+    s = sub.add_parser("serve", help="the OpenAI-compatible HTTP server")
+    s.add_argument("path", help="checkpoint folder")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-keys", default=None, help="comma-separated keys clients must send as Bearer tokens")
+    s.add_argument("--served-model-name", default=None, help="the model id clients use (default: the folder name)")
+    s.add_argument("--chat-template", default=None, help="internlm2, llama3 or chatml (default: the tokenizer's)")
+    s.add_argument("--max-queue", type=int, default=1024, help="requests in flight before 503")
+    s.add_argument("--log-level", default="info")
+    _engine_args(s)
     b = sub.add_parser("bench", help="offline throughput on a synthetic workload")
     b.add_argument("path", help="checkpoint folder")
     b.add_argument("--num-requests", type=int, default=256)
@@ -118,10 +128,31 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import uvicorn
+
+    from shusheng.model.chat import list_templates
+
+    from .async_engine import AsyncEngine
+    from .llm_engine import LLMEngine
+    from .server import build_app
+
+    if a.chat_template is not None and a.chat_template not in list_templates():
+        raise ValueError(f"unknown --chat-template {a.chat_template!r}; choose from {list_templates()}")
+    engine = AsyncEngine(LLMEngine(_engine_config(a)))
+    name = a.served_model_name or Path(a.path).resolve().name
+    keys = [k.strip() for k in a.api_keys.split(",")] if a.api_keys else None
+    app = build_app(engine, name, keys, a.chat_template, a.max_queue)
+    uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return {"generate": cmd_generate, "bench": cmd_bench}[args.command](args)
+        return {"generate": cmd_generate, "bench": cmd_bench, "serve": cmd_serve}[args.command](args)
     except (ValueError, FileNotFoundError) as e:
         print(f"shusheng-deploy: error: {e}", file=sys.stderr)
         return 2

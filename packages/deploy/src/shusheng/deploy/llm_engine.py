@@ -105,7 +105,7 @@ class LLMEngine:
 
     def prepare_prompt(self, prompt: str | list[int], params: SamplingParams) -> list[int]:
         """Token ids of a prompt, validated against the engine's limits (reads no mutable state: thread-safe)."""
-        ids = self._encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        ids = self.encode_prompt(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         self._check(ids, params)
         return ids
 
@@ -119,7 +119,8 @@ class LLMEngine:
         self.requests[request_id] = req
         self.scheduler.add(seq)
 
-    def _encode(self, text: str) -> list[int]:
+    def encode_prompt(self, text: str) -> list[int]:
+        """Token ids of a text prompt: BOS first (unless the text already starts with it), as HF tokenizers do."""
         tok = self.tokenizer
         bos_text = tok.id_to_token(tok.bos_id) if tok.bos_id is not None else None
         add_bos = tok.bos_id is not None and not (bos_text and text.startswith(bos_text))
@@ -254,6 +255,8 @@ class LLMEngine:
         if reason is None and seq.num_tokens >= self.max_model_len:
             text += c.stop.flush(c.detok.flush())
             reason = "length"
+        elif reason == "length":  # the detokenizer may still hold the bytes of an unfinished character
+            text += c.detok.flush()
         out.text += text
         out.delta_text += text
         if reason is not None:
@@ -295,6 +298,33 @@ class LLMEngine:
             prompt_logprobs=seq0.prompt_logprobs or None, num_cached_tokens=seq0.num_cached_prompt,
             metrics={"arrival": req.arrival, "first_token": req.first_token, "now": time.monotonic()},
         )
+
+    def embed(self, prompts: list[str | list[int]]) -> torch.Tensor:
+        """Embeddings: the mean of the final normalized hidden states over each prompt, L2-normalized.
+
+        A decoder LM's pooled states are a serviceable general-purpose text vector (near-duplicate detection,
+        clustering, a retrieval baseline) but not a trained retriever: for RAG quality use a dedicated embedding
+        model. Raises ValueError for empty or over-long prompts.
+        """
+        ids = [self.encode_prompt(p) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
+        for i, p in enumerate(ids):
+            if not p:
+                raise ValueError(f"input {i} is empty")
+            if len(p) > self.max_model_len:
+                raise ValueError(f"input {i} has {len(p)} tokens; this model's maximum context length is "
+                                 f"{self.max_model_len} tokens")
+        return self.runner.embed(ids)
+
+    def stats(self) -> dict:
+        """Queue and cache figures for monitoring (read-only; safe to call from another thread)."""
+        bm = self.block_manager
+        return {
+            "waiting": len(self.scheduler.waiting),
+            "running": len(self.scheduler.running),
+            "kv_cache_usage": 1.0 - bm.num_free_blocks / bm.num_blocks,
+            "preemptions": self.scheduler.num_preemptions,
+            "prefix_cache_hit_rate": bm.hits / bm.queries if bm.queries else 0.0,
+        }
 
     # ---- convenience ----
 

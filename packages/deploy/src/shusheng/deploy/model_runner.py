@@ -182,6 +182,29 @@ class ModelRunner:
                          for sid, (s, r) in prompt_rows.items()}
         return StepLogits(logits, sample_seqs, prompt_logits)
 
+    @torch.inference_mode()
+    def embed(self, prompts: list[list[int]]) -> Tensor:
+        """Mean-pooled, L2-normalized final hidden states, (B, hidden) fp32; prompts packed without a KV cache."""
+        from shusheng.model import cu_seqlens_from_lengths, varlen_attention
+
+        out = []
+        i = 0
+        while i < len(prompts):  # as many prompts per forward as the token budget allows (at least one)
+            j, n = i + 1, len(prompts[i])
+            while j < len(prompts) and n + len(prompts[j]) <= self.config.max_num_batched_tokens:
+                n += len(prompts[j])
+                j += 1
+            chunk = prompts[i:j]
+            lens = [len(p) for p in chunk]
+            ids = torch.tensor([t for p in chunk for t in p], device=self.device)
+            pos = torch.cat([torch.arange(n, device=self.device) for n in lens])
+            attn = varlen_attention(cu_seqlens_from_lengths(lens, self.device), dtype=self.dtype)
+            h = self.decoder(ids, pos, attn).float()
+            for part in h.split(lens):
+                out.append(torch.nn.functional.normalize(part.mean(0), dim=-1))
+            i = j
+        return torch.stack(out)
+
     # ---- CUDA graphs ----
 
     def _graph_sizes(self) -> list[int]:
