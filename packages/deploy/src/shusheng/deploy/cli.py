@@ -1,7 +1,10 @@
-"""`shusheng-deploy`: generate from a checkpoint, or benchmark offline throughput.
+"""`shusheng-deploy`: generate, serve, chat, and benchmark (offline and online).
 
     shusheng-deploy generate PATH --prompt "Hello" [--chat] [--max-tokens 64] [--temperature 0.7] [--stream]
     shusheng-deploy bench PATH [--num-requests 256] [--input-len 100:1024] [--output-len 100:1024]
+    shusheng-deploy serve PATH [--port 8000] [--api-keys K1,K2] [--served-model-name NAME]
+    shusheng-deploy chat URL_OR_PATH
+    shusheng-deploy bench-serve URL [--request-rate 4 | --max-concurrency 16] [--dataset sharegpt.json]
 
 Bad input (a missing checkpoint, an impossible request) prints one line and exits with code 2.
 """
@@ -62,6 +65,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-queue", type=int, default=1024, help="requests in flight before 503")
     s.add_argument("--log-level", default="info")
     _engine_args(s)
+    from . import bench_serve, chat_client
+
+    chat_client.add_arguments(sub.add_parser("chat", help="terminal chat with a server URL or a checkpoint folder"))
+    bench_serve.add_arguments(sub.add_parser("bench-serve", help="online benchmark of an OpenAI-compatible server"))
     b = sub.add_parser("bench", help="offline throughput on a synthetic workload")
     b.add_argument("path", help="checkpoint folder")
     b.add_argument("--num-requests", type=int, default=256)
@@ -152,7 +159,11 @@ def cmd_serve(a: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return {"generate": cmd_generate, "bench": cmd_bench, "serve": cmd_serve}[args.command](args)
+        from . import bench_serve, chat_client
+
+        commands = {"generate": cmd_generate, "bench": cmd_bench, "serve": cmd_serve,
+                    "chat": chat_client.main_from_args, "bench-serve": bench_serve.main_from_args}
+        return commands[args.command](args)
     except (ValueError, FileNotFoundError) as e:
         print(f"shusheng-deploy: error: {e}", file=sys.stderr)
         return 2
