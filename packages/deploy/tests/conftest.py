@@ -1,5 +1,10 @@
+import contextlib
 import json
 import os
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -99,3 +104,43 @@ def tool_ckpt(tmp_path_factory):
     assert loss.item() < 0.1
     save_pretrained(model.eval(), folder / "ckpt", format="internlm2", tokenizer=tok)
     return folder / "ckpt"
+
+
+@pytest.fixture(scope="session")
+def cli_server(tmp_path_factory):
+    """A factory: `with cli_server(ckpt, *args) as url:` runs `shusheng-deploy serve ckpt --device cpu *args` as a
+    subprocess on a free loopback port, waits for /health (bounded in count and time), and stops it afterwards."""
+    import httpx
+
+    @contextlib.contextmanager
+    def start(ckpt, *args):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        log = tmp_path_factory.mktemp("server") / "server.log"
+        cmd = [sys.executable, "-m", "shusheng.deploy.cli", "serve", str(ckpt), "--host", "127.0.0.1",
+               "--port", str(port), "--device", "cpu", *args]
+        with open(log, "w") as f:
+            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ))
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 180
+            for _ in range(1800):
+                if proc.poll() is not None:
+                    pytest.fail(f"the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+                with contextlib.suppress(httpx.TransportError):
+                    if httpx.get(url + "/health", timeout=2).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the server did not become healthy in 180 s:\n{log.read_text()[-3000:]}")
+                time.sleep(0.2)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(15)
+
+    return start

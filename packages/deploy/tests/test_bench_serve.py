@@ -5,13 +5,7 @@ import argparse
 import asyncio
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
-import time
 
-import httpx
 import pytest
 
 from shusheng.deploy.bench_serve import (
@@ -35,43 +29,11 @@ REQUEST_KEYS = {"prompt_len", "max_tokens", "prompt_tokens", "output_tokens", "t
                 "success", "error"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tiny_ckpt, tmp_path_factory):
-    """`shusheng-deploy serve` on the tiny checkpoint with an API key, on a free loopback port; killed at the end."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("bench-server") / "server.log"
-    cmd = [sys.executable, "-m", "shusheng.deploy.cli", "serve", str(tiny_ckpt), "--host", "127.0.0.1",
-           "--port", str(port), "--device", "cpu", "--api-keys", KEY, "--served-model-name", "tiny"]
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        for _ in range(1800):  # bounded in count and in time
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not become healthy in 180 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+def server(tiny_ckpt, cli_server):
+    """`shusheng-deploy serve` on the tiny checkpoint (a subprocess on a free loopback port)."""
+    with cli_server(tiny_ckpt, "--api-keys", KEY, "--served-model-name", "tiny") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(15)
 
 
 def parse(argv):
@@ -194,7 +156,7 @@ def test_bad_input_exits_2(argv, message, capsys):
 
 def test_bad_server_exits_2(server, capsys, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    assert main_from_args(parse([f"http://127.0.0.1:{free_port()}", "--num-prompts", "1"])) == 2
+    assert main_from_args(parse(["http://127.0.0.1:9", "--num-prompts", "1"])) == 2
     assert "cannot reach http://127.0.0.1:" in capsys.readouterr().err
     assert main_from_args(parse(["127.0.0.1:8000"])) == 2
     assert "must start with http:// or https://" in capsys.readouterr().err

@@ -18,7 +18,6 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first `import triton`
 
 from shusheng.deploy.kernels import (  # noqa: E402
-    HAS_TRITON,
     decode_num_splits,
     paged_decode_attention,
     paged_decode_attention_ref,
@@ -27,6 +26,7 @@ from shusheng.deploy.kernels import (  # noqa: E402
     store_kv,
     store_kv_ref,
 )
+from shusheng.deploy.kernels._triton import HAS_TRITON  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not importable: the kernels cannot run")

@@ -10,6 +10,7 @@
 Every module imports without triton (CPU-only torch); the `*_ref` functions then still work.
 """
 
+from shusheng.deploy.kernels._triton import HAS_TRITON
 from shusheng.deploy.kernels.decode_attention import (
     decode_num_splits,
     paged_decode_attention,
@@ -18,7 +19,7 @@ from shusheng.deploy.kernels.decode_attention import (
 from shusheng.deploy.kernels.extend_attention import paged_extend_attention, paged_extend_attention_ref
 from shusheng.deploy.kernels.fused_norm import fused_add_rms_norm, fused_add_rms_norm_ref, rms_norm, rms_norm_ref
 from shusheng.deploy.kernels.rotary import qkv_rotary, qkv_rotary_ref
-from shusheng.deploy.kernels.store_kv import HAS_TRITON, store_kv, store_kv_ref
+from shusheng.deploy.kernels.store_kv import store_kv, store_kv_ref
 from shusheng.deploy.kernels.swiglu import silu_mul, silu_mul_ref
 
 __all__ = [

@@ -24,17 +24,7 @@ import functools
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-
-    HAS_TRITON = True
-except ImportError:  # CPU-only torch: the kernels below are never launched, the reference still works
-    from types import SimpleNamespace
-
-    HAS_TRITON = False
-    triton = SimpleNamespace(jit=lambda fn: fn)
-    tl = SimpleNamespace(constexpr=None)
+from shusheng.deploy.kernels._triton import require_triton, tl, triton
 
 # K/V tile: BLOCK_N tokens of 32 KB (128 tokens for bf16, D = 128), so that K and V, two pipeline stages deep, take
 # 128 KB of shared memory. On an H100 128-token tiles read 1.3x faster than 64 when few programs run (B * KV small,
@@ -223,8 +213,7 @@ def paged_decode_attention(
     Returns:
         out: [B, H, D] of q's dtype.
     """
-    if not HAS_TRITON:
-        raise RuntimeError("paged_decode_attention needs triton; use paged_decode_attention_ref without it")
+    require_triton("paged_decode_attention")
     B, H, D = q.shape
     _, block_size, KV, _ = k_cache.shape
     assert k_cache.shape[3] == D and v_cache.shape == k_cache.shape, f"caches {tuple(k_cache.shape)} vs q {q.shape}"

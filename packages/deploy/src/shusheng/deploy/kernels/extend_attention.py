@@ -19,17 +19,7 @@ rest, up to the last query's position, get the causal mask. fp32 online softmax 
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-
-    HAS_TRITON = True
-except ImportError:  # CPU-only torch: the kernel below is never launched, the reference still works
-    from types import SimpleNamespace
-
-    HAS_TRITON = False
-    triton = SimpleNamespace(jit=lambda fn: fn)
-    tl = SimpleNamespace(constexpr=None)
+from shusheng.deploy.kernels._triton import require_triton, tl, triton
 
 LOG2E = 1.4426950408889634
 # Tiles measured on an H100 (bf16, D = 128, G = 4): 64 x 32 with 4 warps beat 128 x 64 / 8 warps by 10-30% on
@@ -185,8 +175,7 @@ def paged_extend_attention(
     Returns:
         out: [Nq, H, D] of q's dtype.
     """
-    if not HAS_TRITON:
-        raise RuntimeError("paged_extend_attention needs triton; use paged_extend_attention_ref without it")
+    require_triton("paged_extend_attention")
     Nq, H, D = q.shape
     _, block_size, KV, _ = k_cache.shape
     B = context_lens.shape[0]

@@ -18,17 +18,7 @@ stored, so `out` may alias x.
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-
-    HAS_TRITON = True
-except ImportError:  # CPU-only torch: the kernel below is never launched, the reference still works
-    from types import SimpleNamespace
-
-    HAS_TRITON = False
-    triton = SimpleNamespace(jit=lambda fn: fn)
-    tl = SimpleNamespace(constexpr=None)
+from shusheng.deploy.kernels._triton import require_triton, tl, triton
 
 
 @triton.jit
@@ -109,8 +99,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tenso
     Raises:
         RuntimeError: when triton is not installed (use `rms_norm_ref`).
     """
-    if not HAS_TRITON:
-        raise RuntimeError("rms_norm needs triton; use rms_norm_ref on machines without it")
+    require_triton("rms_norm")
     return _launch(x, None, weight, eps, out)
 
 
@@ -139,8 +128,7 @@ def fused_add_rms_norm(
     Raises:
         RuntimeError: when triton is not installed (use `fused_add_rms_norm_ref`).
     """
-    if not HAS_TRITON:
-        raise RuntimeError("fused_add_rms_norm needs triton; use fused_add_rms_norm_ref on machines without it")
+    require_triton("fused_add_rms_norm")
     assert residual.shape == x.shape and residual.dtype == x.dtype, (
         f"residual {tuple(residual.shape)} {residual.dtype} must match x {tuple(x.shape)} {x.dtype}"
     )

@@ -17,17 +17,7 @@ BLOCK_R of its KV * (G + 1) rotated heads (the q heads and the k head of every g
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-
-    HAS_TRITON = True
-except ImportError:  # CPU-only torch: the kernel below is never launched, the reference still works
-    from types import SimpleNamespace
-
-    HAS_TRITON = False
-    triton = SimpleNamespace(jit=lambda fn: fn)
-    tl = SimpleNamespace(constexpr=None)
+from shusheng.deploy.kernels._triton import require_triton, tl, triton
 
 
 @triton.jit
@@ -115,8 +105,7 @@ def qkv_rotary(
     Raises:
         RuntimeError: when triton is not installed (use `qkv_rotary_ref`).
     """
-    if not HAS_TRITON:
-        raise RuntimeError("qkv_rotary needs triton; use qkv_rotary_ref on machines without it")
+    require_triton("qkv_rotary")
     _check(qkv, positions, inv_freq, num_kv_heads, group, head_dim)
     assert qkv.stride(1) == 1, "the last dim of qkv must be contiguous"
     assert positions.is_contiguous() and inv_freq.is_contiguous(), "positions and inv_freq must be contiguous"

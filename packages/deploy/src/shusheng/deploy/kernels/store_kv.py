@@ -11,17 +11,7 @@ of a fused qkv projection), as long as D is their innermost, contiguous dimensio
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-
-    HAS_TRITON = True
-except ImportError:  # CPU-only torch: the kernel below is never launched, the reference still works
-    from types import SimpleNamespace
-
-    HAS_TRITON = False
-    triton = SimpleNamespace(jit=lambda fn: fn)
-    tl = SimpleNamespace(constexpr=None)
+from shusheng.deploy.kernels._triton import require_triton, tl, triton
 
 
 @triton.jit
@@ -72,8 +62,7 @@ def store_kv(
     Raises:
         RuntimeError: when triton is not installed (use `store_kv_ref`).
     """
-    if not HAS_TRITON:
-        raise RuntimeError("store_kv needs triton; use store_kv_ref on machines without it")
+    require_triton("store_kv")
     N, KV, D = k.shape
     assert v.shape == k.shape, f"k {tuple(k.shape)} and v {tuple(v.shape)} differ"
     assert k.stride(2) == 1 and v.stride(2) == 1, "the head dim of k and v must be contiguous"

@@ -12,17 +12,7 @@ Kernel: grid (N, cdiv(F, BLOCK)); program (n, b) handles columns [b * BLOCK, (b 
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-
-    HAS_TRITON = True
-except ImportError:  # CPU-only torch: the kernel below is never launched, the reference still works
-    from types import SimpleNamespace
-
-    HAS_TRITON = False
-    triton = SimpleNamespace(jit=lambda fn: fn)
-    tl = SimpleNamespace(constexpr=None)
+from shusheng.deploy.kernels._triton import require_triton, tl, triton
 
 
 @triton.jit
@@ -58,8 +48,7 @@ def silu_mul(gate_up: torch.Tensor, out: torch.Tensor | None = None) -> torch.Te
     Raises:
         RuntimeError: when triton is not installed (use `silu_mul_ref`).
     """
-    if not HAS_TRITON:
-        raise RuntimeError("silu_mul needs triton; use silu_mul_ref on machines without it")
+    require_triton("silu_mul")
     two_f = gate_up.shape[-1]
     assert two_f % 2 == 0, f"gate_up's last dim must be even (2F), got {two_f}"
     assert gate_up.dtype in (torch.float32, torch.float16, torch.bfloat16), f"unsupported dtype {gate_up.dtype}"
