@@ -8,13 +8,14 @@ text-dedup's MinHash dedup):
 
 1. `shingle_hashes`: lowercase, split into words on anything that is not a letter, mark or digit (so punctuation and
    whitespace never matter), take word or character n-grams and hash each to 64 bits. All of it runs on the UTF-32
-   code points of a whole batch at once: a polynomial hash per word (`np.add.reduceat`), a weighted sum over each
+   code points of a whole batch at once: a polynomial hash per word (from prefix sums), a weighted sum over each
    n-gram window, then the MurmurHash3 64-bit finalizer for avalanche.
 2. `signatures`: for each of `num_perm` hash functions, the minimum over a document's shingles. The functions are
    Dietzfelbinger's multiply-add-shift `h(x) = ((a*x + b) mod 2**64) >> 32` on 32-bit shingle hashes `x` with random
    64-bit `a, b`: a strongly universal (2-independent) family, the same guarantee as the textbook
    `(a*x + b) mod (2**61 - 1)`, but exact in uint64 because the wraparound *is* the modulus. (The Mersenne form needs
-   a 122-bit product; datasketch's legacy scheme and datatrove compute it with an overflowing uint64 product instead.)
+   a 122-bit product; datasketch's legacy scheme and datatrove compute it with an overflowing uint64 product instead,
+   and datasketch >= 2.0 defaults to `a*x + b mod 2**32`, a bijection but only 2-universal.)
    Taking the min before the `>> 32` is exact, since the shift is monotone.
 3. `band_keys`: split each signature into `bands` bands of `rows` values and hash each band to one uint64.
 4. `candidate_pairs`: documents that share a key in any band, found by sorting the keys of each band.
@@ -197,6 +198,8 @@ def _units(texts: Sequence[str], ngram_unit: str) -> tuple[np.ndarray, np.ndarra
     is_word[other] = _word_char_table()[np.minimum(cp[other], 0x10000)]
     edges = np.flatnonzero(np.diff(is_word.view(np.int8), prepend=np.int8(0), append=np.int8(0)))
     starts, ends = edges[0::2], edges[1::2]  # (W,) each word is cp[starts[k]:ends[k]]
+    if len(starts) == 0:
+        return np.empty(0, dtype=_U64), np.zeros(len(texts), dtype=np.int64)
     if ngram_unit == "char":
         # Characters of the words, plus one space (U+0020) in place of the gap before each word but a text's first.
         first_word = np.searchsorted(starts, bounds[:-1])
@@ -296,10 +299,11 @@ def signatures_from_shingles(x: np.ndarray, offsets: np.ndarray, num_perm: int, 
     num_docs = len(offsets) - 1
     sig = np.full((num_perm, num_docs), _EMPTY, dtype=np.uint32)  # (P, D); transposed at the end
     nonempty = np.flatnonzero(np.diff(offsets) > 0)
+    ends = offsets[nonempty + 1]
     lo = 0
     while lo < len(nonempty):
         # Whole documents per block, about _PERM_BLOCK shingles (at least one document).
-        hi = max(lo + 1, int(np.searchsorted(offsets[nonempty + 1], offsets[nonempty[lo]] + _PERM_BLOCK, "right")))
+        hi = max(lo + 1, int(np.searchsorted(ends, offsets[nonempty[lo]] + _PERM_BLOCK, "right")))
         docs = nonempty[lo:hi]
         start, stop = offsets[docs[0]], offsets[docs[-1] + 1]
         block = a * x[None, start:stop]  # (P, m) uint64, wraps mod 2^64
