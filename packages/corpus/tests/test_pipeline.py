@@ -131,3 +131,34 @@ def test_cli_steps_and_errors(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("input: x\noutput: y\nstagez: []\n")
     assert main(["run", str(tmp_path / "bad.yaml")]) == 2
     assert "unknown field(s) ['stagez']" in capsys.readouterr().err
+
+
+def test_code_repositories_become_ordered_documents(tmp_path):
+    repo = tmp_path / "repos" / "calc"
+    (repo / "calc").mkdir(parents=True)
+    (repo / "README.md").write_text("# calc\n")
+    (repo / "calc" / "ops.py").write_text("def add(a, b):\n    return a + b\n")
+    (repo / "calc" / "main.py").write_text("from calc.ops import add\n\nprint(add(1, 2))\n")
+    report = run_pipeline(PipelineConfig(input=str(tmp_path / "repos"), output=str(tmp_path / "out"),
+                                         input_format="code", stages=[{"stage": "pii_redact"}], progress=False))
+    docs = outputs(tmp_path / "out")["stages/00000-repos.jsonl.gz"]
+    assert report["docs_out"] == 1 and docs[0]["metadata"]["files"] == ["README.md", "calc/ops.py", "calc/main.py"]
+    assert docs[0]["text"].index("def add") < docs[0]["text"].index("print(add")
+
+
+def test_train_quality_then_filter_with_it(tmp_path):
+    good = [f"The council approved the new library budget after a long public meeting number {i}." for i in range(40)]
+    bad = [f"click here buy now cheap cheap pills casino win win {i} !!!" for i in range(40)]
+    for name, texts in (("good", good), ("bad", bad)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    model = tmp_path / "quality.npz"
+    assert main(["train-quality", "--positive", str(tmp_path / "good.jsonl"), "--negative",
+                 str(tmp_path / "bad.jsonl"), "--output", str(model)]) == 0
+    (tmp_path / "mixed").mkdir()
+    mixed = [good[0].replace("0.", "7."), bad[0].replace(" 0 ", " 7 ")]
+    (tmp_path / "mixed" / "m.jsonl").write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n"
+                                                        for i, t in enumerate(mixed)))
+    run_pipeline(PipelineConfig(input=str(tmp_path / "mixed"), output=str(tmp_path / "out"), progress=False,
+                                stages=[{"stage": "quality_score", "model": str(model), "min_score": 0.5}]))
+    kept = outputs(tmp_path / "out")["stages/00000-m.jsonl.gz"]
+    assert [d["id"] for d in kept] == ["0"] and kept[0]["metadata"]["quality_score"] > 0.5

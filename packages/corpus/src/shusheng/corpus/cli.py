@@ -5,6 +5,7 @@
     shusheng-corpus dedup INPUT --output DIR [--method exact|minhash] [--preset internlm2]
     shusheng-corpus train-tokenizer INPUT --vocab-size N --output DIR
     shusheng-corpus tokenize INPUT --tokenizer PATH --output DIR [--docs-per-shard N]
+    shusheng-corpus train-quality --positive GOOD --negative BAD --output model.npz
     shusheng-corpus stats INPUT
 
 Bad config or input prints one line naming the field or file and exits with code 2.
@@ -47,6 +48,10 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--docs-per-shard", type=int, default=None)
     k.add_argument("--shard-size-tokens", type=int, default=None, help="default 2**28 when neither is given")
     k.add_argument("--shuffle", action="store_true")
+    q = sub.add_parser("train-quality", help="train the hashed n-gram quality classifier (for the quality_score stage)")
+    q.add_argument("--positive", nargs="+", required=True, help="documents of the quality to keep")
+    q.add_argument("--negative", nargs="+", required=True, help="documents to score low")
+    q.add_argument("--output", required=True, help="model file for quality_score's `model` option")
     st = sub.add_parser("stats", help="document counts, sizes, lengths and languages")
     st.add_argument("input", nargs="+")
     for s in (f, d, k):
@@ -94,6 +99,17 @@ def main(argv: list[str] | None = None) -> int:
             texts = (d.text for f in list_inputs(a.input) for d in read_file(f))
             path = train_tokenizer(texts, a.vocab_size, a.output)
             print(f"tokenizer written to {path}")
+            return 0
+        if a.command == "train-quality":
+            from .io import list_inputs, read_file
+            from .stages.quality import HashedNgramClassifier
+
+            pos = [d.text for f in list_inputs(a.positive) for d in read_file(f)]
+            neg = [d.text for f in list_inputs(a.negative) for d in read_file(f)]
+            clf = HashedNgramClassifier()
+            clf.train(pos + neg, [1] * len(pos) + [0] * len(neg))
+            clf.save(a.output)
+            print(f"quality classifier trained on {len(pos)} positive and {len(neg)} negative documents: {a.output}")
             return 0
         if a.command == "stats":
             print(json.dumps(stats(a.input), indent=2, ensure_ascii=False))

@@ -34,6 +34,8 @@ from .stages import build_stage
 class PipelineConfig:
     input: str | list[str] = ""
     output: str = ""
+    input_format: str = "auto"  # auto: data files by suffix; code: a folder of source repositories (one per sub-folder)
+    repos_per_shard: int = 64
     text_key: str = "text"
     id_key: str = "id"
     stages: list[dict[str, Any]] = field(default_factory=list)
@@ -48,6 +50,8 @@ class PipelineConfig:
             raise ValueError("pipeline config: `input` is required (files, folders or globs)")
         if not self.output:
             raise ValueError("pipeline config: `output` is required (a folder)")
+        if self.input_format not in ("auto", "code"):
+            raise ValueError(f"pipeline config: input_format must be 'auto' or 'code', got {self.input_format!r}")
         if self.executor not in ("local", "ray"):
             raise ValueError(f"pipeline config: executor must be 'local' or 'ray', got {self.executor!r}")
         for i, spec in enumerate(self.stages):
@@ -81,6 +85,35 @@ def _shard_name(i: int, path: Path) -> str:
     return f"{i:05d}-{stem}"
 
 
+def _job_documents(job: dict):
+    if "repos" in job:  # source repositories: one document each, files in dependency order
+        from .code import repo_document
+
+        for repo in job["repos"]:
+            doc = repo_document(repo)
+            if doc is not None:
+                yield doc
+        return
+    yield from read_file(job["path"], job["text_key"], job["id_key"])
+
+
+def _jobs(cfg: PipelineConfig, out: Path) -> list[dict]:
+    common = {"output": str(out), "stages": cfg.stages, "text_key": cfg.text_key, "id_key": cfg.id_key}
+    if cfg.input_format == "code":
+        roots = [Path(p) for p in ([cfg.input] if isinstance(cfg.input, str) else cfg.input)]
+        for r in roots:
+            if not r.is_dir():
+                raise FileNotFoundError(f"code input {r} is not a folder of repositories")
+        repos = sorted(str(d) for r in roots for d in r.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not repos:
+            raise FileNotFoundError(f"no repositories (sub-folders) in {cfg.input}")
+        n = cfg.repos_per_shard
+        return [{**common, "repos": repos[i : i + n], "path": repos[i], "name": f"{i // n:05d}-repos"}
+                for i in range(0, len(repos), n)]
+    files = list_inputs(cfg.input)
+    return [{**common, "path": str(f), "name": _shard_name(i, f)} for i, f in enumerate(files)]
+
+
 def run_stage_shard(job: dict) -> dict:
     """Apply the stages to one input file; returns (and stores in the marker) the shard's stats."""
     out = Path(job["output"])
@@ -98,7 +131,7 @@ def run_stage_shard(job: dict) -> dict:
     removed = ShardWriter(out / "removed" / f"{name}.stages.jsonl.gz")
     total_in = 0
     try:
-        for doc in read_file(job["path"], job["text_key"], job["id_key"]):
+        for doc in _job_documents(job):
             total_in += 1
             result: Document | Removed = doc
             for st in stages:
@@ -143,12 +176,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.rglob(".*.tmp*"):  # temporary files of a run that was killed (their work is redone)
         stale.unlink()
-    files = list_inputs(cfg.input)
+    jobs = _jobs(cfg, out)
     ex = make_executor(cfg.executor, cfg.workers, progress=cfg.progress)
-    jobs = [{"path": str(f), "name": _shard_name(i, f), "output": str(out), "stages": cfg.stages,
-             "text_key": cfg.text_key, "id_key": cfg.id_key} for i, f in enumerate(files)]
     shard_stats = ex.map(run_stage_shard, jobs, desc="stages")
-    report = {"input_files": len(files), "stages": _merge_stage_stats(shard_stats)}
+    report = {"input_files": len(jobs), "stages": _merge_stage_stats(shard_stats)}
     current = [out / "stages" / f"{j['name']}.jsonl.gz" for j in jobs]
     if cfg.dedup:
         from .dedup_step import run_dedup
