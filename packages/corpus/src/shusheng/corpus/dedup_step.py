@@ -75,20 +75,13 @@ def filter_job(job: dict) -> dict:
         return json.loads(marker.read_text())
     drop = set(np.load(job["drop"]).tolist())
     reason = "exact_duplicate" if job["method"] == "exact" else "near_duplicate"
-    kept, removed = ShardWriter(dst), ShardWriter(job["removed"])
-    try:
+    with ShardWriter(dst) as kept, ShardWriter(job["removed"]) as removed:
         for i, doc in enumerate(read_file(job["path"])):
             if job["offset"] + i in drop:
                 doc.metadata["removed"] = {"step": "dedup", "stage": job["method"], "reason": reason}
                 removed.write(doc)
             else:
                 kept.write(doc)
-    except BaseException:
-        kept.abort()
-        removed.abort()
-        raise
-    kept.close()
-    removed.close()
     result = {"kept": kept.count, "removed": removed.count}
     write_json(marker, result)
     return result

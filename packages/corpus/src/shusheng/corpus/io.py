@@ -94,7 +94,10 @@ def read_hf(name: str, split: str = "train", text_key: str = "text", **kwargs) -
 
 
 class ShardWriter:
-    """Stream documents to jsonl / jsonl.gz under a temporary name; `close()` renames it into place."""
+    """Stream documents to jsonl / jsonl.gz under a temporary name; `close()` renames it into place.
+
+    As a context manager it closes on success and deletes the temporary file on an exception.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -116,6 +119,12 @@ class ShardWriter:
         self._f.close()
         self.tmp.unlink(missing_ok=True)
 
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.abort() if exc_type else self.close()
+
 
 def write_documents(docs: Iterable[Document], path: str | Path) -> int:
     """Write jsonl / jsonl.gz / parquet (by suffix) atomically; returns the number of documents."""
@@ -130,14 +139,9 @@ def write_documents(docs: Iterable[Document], path: str | Path) -> int:
         pq.write_table(pa.Table.from_pylist(rows), tmp)
         os.replace(tmp, path)
         return len(rows)
-    w = ShardWriter(path)
-    try:
+    with ShardWriter(path) as w:
         for d in docs:
             w.write(d)
-    except BaseException:
-        w.abort()
-        raise
-    w.close()
     return w.count
 
 

@@ -127,10 +127,9 @@ def run_stage_shard(job: dict) -> dict:
     stats = {st.name: {"in_docs": 0, "in_bytes": 0, "out_docs": 0, "out_bytes": 0, "removed": Counter()}
              for st in stages}
     samples: dict[str, list] = {"length": [], "language": [], "quality_score": []}
-    kept = ShardWriter(out / "stages" / f"{name}.jsonl.gz")
-    removed = ShardWriter(out / "removed" / f"{name}.stages.jsonl.gz")
     total_in = 0
-    try:
+    with ShardWriter(out / "stages" / f"{name}.jsonl.gz") as kept, \
+            ShardWriter(out / "removed" / f"{name}.stages.jsonl.gz") as removed:
         for doc in _job_documents(job):
             total_in += 1
             result: Document | Removed = doc
@@ -154,12 +153,6 @@ def run_stage_shard(job: dict) -> dict:
                 for key in ("language", "quality_score"):
                     if key in result.metadata:
                         samples[key].append(result.metadata[key])
-    except BaseException:
-        kept.abort()
-        removed.abort()
-        raise
-    kept.close()
-    removed.close()
     result = {"name": name, "input": job["path"], "docs_in": total_in, "docs_out": kept.count,
               "stages": {k: {**v, "removed": dict(v["removed"])} for k, v in stats.items()}, "samples": samples}
     write_json(marker, result)  # last: the shard counts as done only once everything above is in place
