@@ -265,7 +265,7 @@ class LLMEngine:
 
     def _prompt_logprobs(self, step: StepLogits) -> None:
         """Log-probs of the prompt tokens computed this step (chunk by chunk), for requests that asked for them."""
-        for seq in self.scheduler.running + step.sample_seqs:
+        for seq in list(self.scheduler.running):  # before sampling, every scheduled sequence is still running
             if seq.seq_id not in step.prompt_logits:
                 continue
             s, logits = step.prompt_logits.pop(seq.seq_id)
