@@ -162,3 +162,33 @@ def test_train_quality_then_filter_with_it(tmp_path):
                                 stages=[{"stage": "quality_score", "model": str(model), "min_score": 0.5}]))
     kept = outputs(tmp_path / "out")["stages/00000-m.jsonl.gz"]
     assert [d["id"] for d in kept] == ["0"] and kept[0]["metadata"]["quality_score"] > 0.5
+
+
+def test_distributed_minhash_clusters_equal_single_process(tmp_path):
+    import random
+
+    from shusheng.corpus.dedup import MinHashConfig, near_duplicates
+
+    rng = random.Random(0)
+    vocab = [f"w{i}" for i in range(2000)]
+    bases = [[rng.choice(vocab) for _ in range(200)] for _ in range(30)]
+    texts = []
+    for b in bases:
+        for _ in range(rng.randint(1, 4)):  # copies with one short edited span: clear near-duplicates
+            words = list(b)
+            at = rng.randrange(180)
+            words[at : at + 3] = [rng.choice(vocab) for _ in range(3)]
+            texts.append(" ".join(words))
+    rng.shuffle(texts)
+    (tmp_path / "in").mkdir()
+    for s in range(4):
+        part = texts[s::4]
+        (tmp_path / "in" / f"p{s}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in part))
+    report = run_pipeline(PipelineConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), workers=2,
+                                         dedup={"method": "minhash", "preset": "internlm2"}, progress=False))
+    ordered = [t for s in range(4) for t in texts[s::4]]  # global order = shard order, then line order
+    expected = near_duplicates(ordered, range(len(ordered)), MinHashConfig.from_preset("internlm2"))
+    dropped = {r["text"] for f, rows in outputs(tmp_path / "out").items() if f.endswith(".dedup.jsonl.gz")
+               for r in rows}
+    assert dropped == {ordered[i] for i in expected}
+    assert report["dedup"]["dropped"] == len(expected) > 0

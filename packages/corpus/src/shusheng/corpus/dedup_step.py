@@ -2,9 +2,11 @@
 
 1. per shard (parallel): a key per document (exact: a normalized-text hash; minhash: the LSH band keys), saved as
    .npy with a marker;
-2. once (driver): documents get global indices (shard offsets), duplicate groups are found (exact: first of each hash
-   wins; minhash: candidate pairs from equal band keys -> connected components by label propagation -> the smallest
-   index of each cluster wins), and the drop list is saved;
+2. documents get global indices (shard offsets) and duplicate groups are found. exact: the first of each hash wins
+   (driver). minhash: one job per band turns equal band keys into edges; then rounds of label propagation, one job
+   per node partition reading the edges and the current labels, with pointer jumping in between, until no label
+   moves; the smallest index of each cluster wins. The edge work runs on the executor's workers (processes or Ray),
+   so clustering does not funnel through one task;
 3. per shard (parallel): kept documents are written to `dedup/`, dropped ones to `removed/` with their reason.
 """
 
@@ -18,8 +20,7 @@ import numpy as np
 from .dedup import (
     MinHashConfig,
     band_keys,
-    candidate_pairs,
-    components_by_label_propagation,
+    band_pairs,
     duplicates_to_drop,
     exact_duplicates,
     signatures,
@@ -59,12 +60,67 @@ def keys_job(job: dict) -> dict:
     else:
         keys = band_keys(signatures(texts, cfg), cfg.bands, cfg.rows) if texts else np.zeros((0, cfg.bands),
                                                                                                 np.uint64)
-    tmp = out.with_name(f".{out.name}.tmp.npy")
-    np.save(tmp, keys)
-    tmp.replace(out)
+    _save(out, keys)
     result = {"docs": len(texts)}
     write_json(marker, result)
     return result
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.npy")
+    np.save(tmp, array)
+    tmp.replace(path)
+
+
+def band_edges_job(job: dict) -> dict:
+    """Edges (smallest index of a bucket, other member) of one LSH band over the whole corpus."""
+    dst = Path(job["dst"])
+    if not dst.exists():
+        keys = np.concatenate([np.load(p, mmap_mode="r")[:, job["band"]] for p in job["keys"]])
+        _save(dst, band_pairs(np.arange(len(keys), dtype=np.int64), keys))
+    return {"edges": int(np.load(dst, mmap_mode="r").shape[0])}
+
+
+def propagate_job(job: dict) -> dict:
+    """One label-propagation round for the nodes i with i % parts == part: min over their neighbours' labels."""
+    labels = np.load(job["labels"], mmap_mode="r")
+    part, parts = job["part"], job["parts"]
+    new = np.array(labels[part::parts])
+    for path in job["edges"]:
+        e = np.load(path, mmap_mode="r")
+        u, v = np.asarray(e[:, 0]), np.asarray(e[:, 1])
+        for a, b in ((u, v), (v, u)):
+            sel = a % parts == part
+            np.minimum.at(new, a[sel] // parts, labels[b[sel]])
+    _save(Path(job["dst"]), new)
+    return {"part": part}
+
+
+def _components(jobs: list[dict], cfg: MinHashConfig, total: int, work: Path, executor) -> np.ndarray:
+    """Cluster label (smallest member index) of every document, computed on the executor's workers."""
+    bands = [{"keys": [j["keys"] for j in jobs], "band": b, "dst": str(work / f"edges-{b:03d}.npy")}
+             for b in range(cfg.bands)]
+    executor.map(band_edges_job, bands, desc="dedup edges")
+    labels = np.arange(total, dtype=np.int64)
+    parts = max(1, min(64, total // 100_000 + 1))
+    for round_ in range(64):
+        lpath = work / "labels.npy"
+        _save(lpath, labels)
+        rounds = [{"labels": str(lpath), "edges": [b["dst"] for b in bands], "part": p, "parts": parts,
+                   "dst": str(work / f"labels-{p:03d}.npy")} for p in range(parts)]
+        executor.map(propagate_job, rounds, desc=f"dedup components (round {round_ + 1})")
+        new = labels.copy()
+        for r in rounds:
+            new[r["part"]::parts] = np.load(r["dst"])
+        while True:  # pointer jumping: follow labels to their roots
+            jumped = new[new]
+            if np.array_equal(jumped, new):
+                break
+            new = jumped
+        if np.array_equal(new, labels):
+            return labels
+        labels = new
+    raise RuntimeError("dedup components did not converge in 64 rounds")
 
 
 def filter_job(job: dict) -> dict:
@@ -97,17 +153,14 @@ def run_dedup(spec: dict, shards: list[Path], out: Path, executor) -> tuple[dict
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     drop_path = work / "drop.npy"
     if not drop_path.exists():
-        keys = [np.load(j["keys"]) for j in jobs]
-        ids = np.arange(offsets[-1], dtype=np.int64)
-        allkeys = np.concatenate(keys) if keys else np.zeros((0, 1), np.uint64)
+        total = int(offsets[-1])
         if method == "exact":
-            drop = np.array(sorted(exact_duplicates(allkeys[:, 0].tolist(), ids.tolist())), dtype=np.int64)
+            hashes = np.concatenate([np.load(j["keys"])[:, 0] for j in jobs]).tolist()
+            drop = np.array(sorted(exact_duplicates(hashes, list(range(total)))), dtype=np.int64)
         else:
-            nodes, labels = components_by_label_propagation(candidate_pairs(ids, allkeys))
-            drop = duplicates_to_drop(nodes, labels)
-        tmp = work / ".drop.tmp.npy"
-        np.save(tmp, drop)
-        tmp.replace(drop_path)
+            labels = _components(jobs, cfg, total, work, executor)
+            drop = duplicates_to_drop(np.arange(total), labels)
+        _save(drop_path, drop)
     drop = np.load(drop_path)
     fjobs = [{"path": j["path"], "offset": int(offsets[i]), "drop": str(drop_path), "method": method,
               "dst": str(work / Path(j["path"]).name),
