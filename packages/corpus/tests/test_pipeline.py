@@ -192,3 +192,18 @@ def test_distributed_minhash_clusters_equal_single_process(tmp_path):
                for r in rows}
     assert dropped == {ordered[i] for i in expected}
     assert report["dedup"]["dropped"] == len(expected) > 0
+
+
+def test_weighted_mixture_from_the_pipeline_config(tmp_path):
+    for name, word, n in (("web", "alpha", 60), ("code", "beta", 20)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"text": f"{word} " * 20 + str(i)}) + "\n" for i in range(n)))
+    tok = train_tokenizer(["alpha beta " * 10 + "0123456789"] * 5, 300, tmp_path / "tok")
+    mixture = {"web": {"match": "*web*", "weight": 0.5}, "code": {"match": "*code*", "weight": 0.5}}
+    run_pipeline(PipelineConfig(input=[str(tmp_path / "web"), str(tmp_path / "code")], output=str(tmp_path / "out"),
+                                tokenize={"tokenizer": str(tok), "docs_per_shard": 1000, "mixture": mixture},
+                                progress=False))
+    meta = json.loads((tmp_path / "out" / "tokens" / "metadata.json").read_text())
+    shares = {n: r["share"] for n, r in meta["mixture"].items()}
+    assert shares["web"] == pytest.approx(0.5, abs=0.05) and shares["code"] == pytest.approx(0.5, abs=0.05)
