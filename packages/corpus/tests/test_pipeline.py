@@ -207,3 +207,14 @@ def test_weighted_mixture_from_the_pipeline_config(tmp_path):
     meta = json.loads((tmp_path / "out" / "tokens" / "metadata.json").read_text())
     shares = {n: r["share"] for n, r in meta["mixture"].items()}
     assert shares["web"] == pytest.approx(0.5, abs=0.05) and shares["code"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_hugging_face_dataset_input(tmp_path):
+    pytest.importorskip("datasets", reason="needs the `hf` extra (datasets)")
+    make_inputs(tmp_path / "in", shards=1, per_shard=10)
+    report = run_pipeline(PipelineConfig(
+        input="json", input_format="hf", hf_options={"data_files": str(tmp_path / "in" / "part0.jsonl")},
+        output=str(tmp_path / "out"), stages=[{"stage": "pii_redact"}], progress=False))
+    kept = outputs(tmp_path / "out")["stages/00000-hf.jsonl.gz"]
+    assert report["docs_in"] == 10 and [d["id"] for d in kept] == [f"d{i}" for i in range(10)]
+    assert kept[1]["source"] == "hf:json" and "<EMAIL>" in kept[1]["text"]

@@ -82,7 +82,8 @@ def read_file(path: str | Path, text_key: str = "text", id_key: str = "id") -> I
 
 
 def read_hf(name: str, split: str = "train", text_key: str = "text", **kwargs) -> Iterator[Document]:
-    """A Hugging Face dataset (a hub name or a local folder) through `datasets` (the `hf` extra)."""
+    """A Hugging Face dataset through `datasets` (the `hf` extra): a hub name, a local folder, or a builder such
+    as "json" with `data_files=...`; `kwargs` go to `datasets.load_dataset`."""
     try:
         import datasets
     except ImportError:

@@ -34,7 +34,10 @@ from .stages import build_stage
 class PipelineConfig:
     input: str | list[str] = ""
     output: str = ""
-    input_format: str = "auto"  # auto: data files by suffix; code: a folder of source repositories (one per sub-folder)
+    # auto: data files by suffix; code: a folder of source repositories (one per sub-folder); hf: `input` names a
+    # Hugging Face dataset (hub name or local folder), read through `datasets` with `hf_options` (split, data_files...)
+    input_format: str = "auto"
+    hf_options: dict[str, Any] = field(default_factory=dict)
     repos_per_shard: int = 64
     text_key: str = "text"
     id_key: str = "id"
@@ -50,8 +53,8 @@ class PipelineConfig:
             raise ValueError("pipeline config: `input` is required (files, folders or globs)")
         if not self.output:
             raise ValueError("pipeline config: `output` is required (a folder)")
-        if self.input_format not in ("auto", "code"):
-            raise ValueError(f"pipeline config: input_format must be 'auto' or 'code', got {self.input_format!r}")
+        if self.input_format not in ("auto", "code", "hf"):
+            raise ValueError(f"pipeline config: input_format must be auto, code or hf, got {self.input_format!r}")
         if self.executor not in ("local", "ray"):
             raise ValueError(f"pipeline config: executor must be 'local' or 'ray', got {self.executor!r}")
         for i, spec in enumerate(self.stages):
@@ -94,6 +97,11 @@ def _job_documents(job: dict):
             if doc is not None:
                 yield doc
         return
+    if "hf" in job:
+        from .io import read_hf
+
+        yield from read_hf(job["path"], text_key=job["text_key"], **job["hf"])
+        return
     yield from read_file(job["path"], job["text_key"], job["id_key"])
 
 
@@ -110,6 +118,9 @@ def _jobs(cfg: PipelineConfig, out: Path) -> list[dict]:
         n = cfg.repos_per_shard
         return [{**common, "repos": repos[i : i + n], "path": repos[i], "name": f"{i // n:05d}-repos"}
                 for i in range(0, len(repos), n)]
+    if cfg.input_format == "hf":
+        name = cfg.input if isinstance(cfg.input, str) else cfg.input[0]
+        return [{**common, "path": name, "hf": cfg.hf_options, "name": "00000-hf"}]
     files = list_inputs(cfg.input)
     return [{**common, "path": str(f), "name": _shard_name(i, f)} for i, f in enumerate(files)]
 
