@@ -52,6 +52,7 @@ def _tp_worker(rank, world, port, out):
         got = model(ids)
     if rank == 0:
         torch.save({"ref": ref, "got": got.full_tensor() if hasattr(got, "full_tensor") else got}, out)
+    dist.barrier()  # nobody tears gloo down while another rank still uses it
     dist.destroy_process_group()
 
 
@@ -74,6 +75,7 @@ def _fsdp_worker(rank, world, port, out):
     if rank == 0:
         ref = {n: p.grad for n, p in ref_model.named_parameters()}
         torch.save({"ref": ref, "got": grads}, out)
+    dist.barrier()  # nobody tears gloo down while another rank still uses it
     dist.destroy_process_group()
 
 
