@@ -36,7 +36,7 @@ class RayExecutor:
         num_cpus: CPUs of a local instance.
     """
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None):
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, progress: bool = True):
         try:
             import ray
         except ImportError:
@@ -45,6 +45,7 @@ class RayExecutor:
             ray.init(address=address, num_cpus=num_cpus, ignore_reinit_error=True, log_to_driver=False,
                      include_dashboard=False)
         self.ray = ray
+        ray.data.DataContext.get_current().enable_progress_bars = progress
 
     def map(self, fn: Callable[[dict], dict], jobs: list[dict], desc: str = "") -> list[dict]:
         import json
@@ -61,5 +62,5 @@ def make_executor(kind: str, workers: int = 1, ray_address: str | None = None, p
     if kind == "local":
         return LocalExecutor(workers, progress)
     if kind == "ray":
-        return RayExecutor(ray_address, num_cpus=workers)
+        return RayExecutor(ray_address, num_cpus=workers, progress=progress)
     raise ValueError(f"executor must be 'local' or 'ray', got {kind!r}")

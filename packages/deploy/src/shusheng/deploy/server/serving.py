@@ -93,7 +93,9 @@ def _sse(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-def _count(state: ServerState, out: RequestOutput) -> None:
+def _count(state: ServerState, out: RequestOutput | None) -> None:
+    if out is None:  # the stream ended without any output (the engine failed; the error reached the client)
+        return
     state.metrics.prompt_tokens.inc(len(out.prompt_token_ids))
     state.metrics.generation_tokens.inc(sum(len(c.token_ids) for c in out.outputs))
 
