@@ -61,9 +61,8 @@ def run_offline(engine: LLMEngine, requests: list[tuple[list[int], int]]) -> dic
         engine.add_request(prompt, SamplingParams(max_tokens=n_out, ignore_eos=True, temperature=0.0))
     produced = 0
     while engine.has_unfinished():
-        for out in engine.step():
-            if out.finished:
-                produced += len(out.outputs[0].token_ids)
+        for out in engine.step(final_only=True):
+            produced += len(out.outputs[0].token_ids)
     if engine.runner.device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0

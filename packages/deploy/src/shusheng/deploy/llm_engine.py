@@ -176,8 +176,13 @@ class LLMEngine:
 
     # ---- the step ----
 
-    def step(self) -> list[RequestOutput]:
-        """Schedule, run the model once, sample, and return an output for every request that progressed."""
+    def step(self, final_only: bool = False) -> list[RequestOutput]:
+        """Schedule, run the model once, sample, and return an output for every request that progressed.
+
+        Args:
+            final_only: return outputs of finished requests only (offline use: saves building a snapshot of every
+                running request each step).
+        """
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return []
@@ -201,6 +206,8 @@ class LLMEngine:
         outputs = []
         for rid, cs in touched.items():
             req = self.requests[rid]
+            if final_only and not req.finished:
+                continue
             outputs.append(self._output(req, cs))
             if req.finished:
                 del self.requests[rid]
@@ -335,7 +342,6 @@ class LLMEngine:
         ids = [self.add_request(p, sp) for p, sp in zip(prompts, plist, strict=True)]
         final: dict[str, RequestOutput] = {}
         while self.has_unfinished():
-            for out in self.step():
-                if out.finished:
-                    final[out.request_id] = out
+            for out in self.step(final_only=True):
+                final[out.request_id] = out
         return [final[i] for i in ids]
