@@ -186,3 +186,9 @@ def test_engine_with_triton_kernels_equals_reference(tiny_ckpt, monkeypatch):
     eng = engine(tiny_ckpt, max_num_batched_tokens=24, enforce_eager=True)
     shared = prompts_of([20], seed=10)[0]
     check(eng, tiny_ckpt, [shared + [3], prompts_of([9], seed=11)[0], shared + [4, 5]], max_tokens=6)
+
+
+def test_max_tokens_none_stops_at_the_context_window(tiny_ckpt):
+    eng = engine(tiny_ckpt, max_model_len=32)
+    out = eng.generate([prompts_of([20], seed=12)[0]], SamplingParams(max_tokens=None, **GREEDY))[0].outputs[0]
+    assert len(out.token_ids) == 12 and out.finish_reason == "length"

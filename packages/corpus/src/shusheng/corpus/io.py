@@ -146,9 +146,14 @@ def write_documents(docs: Iterable[Document], path: str | Path) -> int:
     return w.count
 
 
-def write_json(path: str | Path, obj) -> None:
+def atomic_write(path: str | Path, data: str | bytes) -> None:
+    """Write a file under a temporary name, then rename it: readers see the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     os.replace(tmp, path)
+
+
+def write_json(path: str | Path, obj) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from .io import write_json
+from .io import atomic_write, write_json
 
 
 def _fmt_bytes(n: int) -> str:
@@ -79,6 +79,4 @@ def plots(samples: dict[str, list], out: Path) -> list[str]:
 def write_report(report: dict, samples: dict[str, list], out: Path) -> None:
     report["plots"] = plots(samples, out)
     write_json(out / "report.json", report)
-    tmp = out / ".report.md.tmp"
-    tmp.write_text(markdown(report) + "".join(f"\n![{p}]({p})\n" for p in report["plots"]))
-    tmp.replace(out / "report.md")
+    atomic_write(out / "report.md", markdown(report) + "".join(f"\n![{p}]({p})\n" for p in report["plots"]))

@@ -258,11 +258,9 @@ class LLMEngine:
                 top = list(zip(sampled.top_token_ids[row, :k].tolist(), sampled.top_logprobs[row, :k].tolist(),
                                strict=True))
             out.logprobs.append({"token_id": token, "logprob": logprobs[row], "top": top})
+        # the checker's token limit already includes what the context window leaves (see add_prepared)
         text, reason = c.stop.update(token, c.detok.add(token))
-        if reason is None and seq.num_tokens >= self.max_model_len:
-            text += c.stop.flush(c.detok.flush())
-            reason = "length"
-        elif reason == "length":  # the detokenizer may still hold the bytes of an unfinished character
+        if reason == "length":  # the detokenizer may still hold the bytes of an unfinished character
             text += c.detok.flush()
         out.text += text
         out.delta_text += text

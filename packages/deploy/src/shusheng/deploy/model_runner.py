@@ -171,10 +171,11 @@ class ModelRunner:
                 sample_seqs.append(seq)
             if seq.params.prompt_logprobs is not None and s < seq.num_prompt_tokens:
                 prompt_rows[seq.seq_id] = (s, range(row0, row0 + min(n, seq.num_prompt_tokens - s)))
-        if batch.is_decode_only and self.graphs and len(batch) <= max(self.graphs):
+        decode_only = batch.is_decode_only
+        if decode_only and self.graphs and len(batch) <= max(self.graphs):
             logits = self._replay(ids, pos, slots, tables, ctx)
             return StepLogits(logits, sample_seqs)
-        self.attn.meta = self._metadata(slots, tables, batch.num_new_tokens, ctx, batch.is_decode_only)
+        self.attn.meta = self._metadata(slots, tables, batch.num_new_tokens, ctx, decode_only)
         dev = self.device
         h = self.decoder(torch.tensor(ids, device=dev), torch.tensor(pos, device=dev), self.attn)
         logits = self.model.output(h[sample_rows]).float()

@@ -45,14 +45,6 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.int32)
 
 
-def atomic_write(path: str | Path, data: str | bytes) -> None:
-    """Writes a file under a temporary name, then renames it: readers see the old file or the whole new one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
-
 class IndexedDatasetWriter:
     """Writes documents of token ids to `prefix.bin` / `prefix.idx`.
 

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from ..document import Document
-from .megatron import DTYPE_CODES, IndexedDatasetWriter, atomic_write, token_dtype
+from ..io import atomic_write
+from .megatron import DTYPE_CODES, IndexedDatasetWriter, token_dtype
 
 
 @dataclass

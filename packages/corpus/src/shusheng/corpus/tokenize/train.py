@@ -20,7 +20,7 @@ import sentencepiece as spm
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from .megatron import atomic_write
+from ..io import atomic_write
 
 DEFAULT_SPECIALS = (
     "<unk>", "<s>", "</s>",
