@@ -26,9 +26,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 from .attention import AttentionBackend, SDPAAttention
 from .config import ModelConfig
+from .loss import IGNORE_INDEX, linear_cross_entropy
 
 
 class RMSNorm(nn.Module):
@@ -161,6 +163,7 @@ class Transformer(nn.Module):
         positions: Tensor | None = None,
         attention: AttentionBackend | None = None,
         return_hidden: bool = False,
+        labels: Tensor | None = None,
     ) -> Tensor:
         """Run the decoder.
 
@@ -169,11 +172,14 @@ class Transformer(nn.Module):
             positions: (B, T) or (T,) rotary positions; default: the backend's (0..T-1, restarted per packed document,
                 shifted past left padding, or offset by the KV cache).
             attention: the attention backend; default dense causal SDPA.
-            return_hidden: return the final normalized hidden states (B, T, hidden) instead of logits, e.g. for a
-                chunked loss, last-token logits (`model.output(h[:, -1:])`) or embeddings.
+            return_hidden: return the final normalized hidden states (B, T, hidden) instead of logits, e.g. for
+                last-token logits (`model.output(h[:, -1:])`) or embeddings.
+            labels: (B, T) target ids (-100: no loss); return the summed cross-entropy instead of logits, through
+                the fused chunked head (`loss.linear_cross_entropy`) that never holds the full logits.
 
         Returns:
-            Logits (B, T, vocab) in the weights' dtype, or hidden states when `return_hidden`.
+            Logits (B, T, vocab) in the weights' dtype, hidden states when `return_hidden`, or the fp32 summed loss
+            when `labels` is given.
         """
         attention = attention if attention is not None else self.default_attention
         B, T = input_ids.shape
@@ -187,7 +193,12 @@ class Transformer(nn.Module):
         for block in self.layers:
             h = block(h, cos, sin, attention)
         h = self.norm(h)
-        return h if return_hidden else self.output(h)
+        if labels is None:
+            return h if return_hidden else self.output(h)
+        if isinstance(self.output.weight, DTensor):  # tensor parallel: the sharded head gathers the logits itself
+            logits = self.output(h).float()
+            return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        return linear_cross_entropy(h, self.output.weight, labels)
 
     def _check_window(self, T: int) -> None:
         w = self.config.sliding_window
