@@ -28,8 +28,14 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 _STEP_DIR = re.compile(r"step-(\d+)")
-# One process without a process group is a supported use (a single-device run, an export), not a mistake.
-warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+
+
+def _dcp(fn, state: dict, path: Path) -> None:
+    """dcp.save / dcp.load. One process without a process group is a supported use (a single-device run, an
+    export), so DCP's warning about it is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        fn(state, checkpoint_id=str(path))
 
 
 def _rank() -> int:
@@ -96,7 +102,7 @@ class CheckpointManager:
             for stale in self.folder.glob("step-*.tmp"):
                 shutil.rmtree(stale, ignore_errors=True)
         _barrier()
-        dcp.save(_app_state(model, optimizer), checkpoint_id=str(tmp))
+        _dcp(dcp.save, _app_state(model, optimizer), tmp)
         torch.save(rng_state(), tmp / f"rng-rank{_rank()}.pt")
         if _rank() == 0:
             extra = {"step": step, "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -131,7 +137,7 @@ class CheckpointManager:
             raise FileNotFoundError(f"{path} is not a complete checkpoint (no .metadata); pick one of "
                                     f"{[p.name for p in self.checkpoints()]}")
         app = _app_state(model, optimizer)
-        dcp.load(app, checkpoint_id=str(path))
+        _dcp(dcp.load, app, path)
         opts = StateDictOptions(strict=True)
         if optimizer is not None:
             set_state_dict(model, optimizer, model_state_dict=app["model"], optim_state_dict=app["optim"],
@@ -158,5 +164,5 @@ def _app_state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dic
 def load_model_weights(path: str | Path, model: nn.Module) -> None:
     """Load only the model weights of a DCP checkpoint into `model` (e.g. one process, for export)."""
     app = {"model": get_state_dict(model, [])[0]}
-    dcp.load(app, checkpoint_id=str(path))
+    _dcp(dcp.load, app, path)
     set_state_dict(model, [], model_state_dict=app["model"], optim_state_dict={})
