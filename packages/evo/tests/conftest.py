@@ -6,10 +6,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 EOS = 2
 VOCAB = 512
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` skip on machines without CUDA."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 def _write_shard(prefix: Path, docs: list, dtype=np.uint16, seqs_per_doc: int = 1) -> Path:

@@ -108,6 +108,7 @@ class CheckpointSection:
     keep: int = 2
     folder: str | None = None  # default: OUTPUT/checkpoints
     resume: bool = True  # continue from the newest checkpoint in folder when there is one
+    at_end: bool = True  # save when the run ends (benchmarks turn it off)
 
 
 @dataclass

@@ -106,8 +106,10 @@ def build(cfg: TrainConfig, env: Env) -> Transformer:
         apply_compile(model)
     if env.distributed:
         dp_mesh = env.mesh["dp_replicate", "dp_shard"] if env.mesh["dp_replicate"].size() > 1 else env.mesh["dp_shard"]
+        # with one shard there is no memory to win by resharding, only copies to lose
+        reshard = cfg.parallel.reshard_after_forward and env.mesh["dp_shard"].size() > 1
         apply_fsdp(model, dp_mesh, param_dtype=torch.bfloat16 if cfg.mixed_precision == "bf16" else None,
-                   reduce_dtype=torch.float32, reshard_after_forward=cfg.parallel.reshard_after_forward)
+                   reduce_dtype=torch.float32, reshard_after_forward=reshard)
     return model
 
 

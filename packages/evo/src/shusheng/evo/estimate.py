@@ -56,7 +56,9 @@ def estimate(cfg: TrainConfig, world: int) -> dict:
 
 
 def format_estimate(e: dict) -> str:
-    lines = [f"parameters: {e['params'] / 1e9:.3f} B   processes: {e['world']} (dp {e['dp']} x tp {e['tp']}, "
+    n = e["params"]
+    size = f"{n / 1e9:.3f} B" if n >= 1e9 else f"{n / 1e6:.2f} M"
+    lines = [f"parameters: {size}   processes: {e['world']} (dp {e['dp']} x tp {e['tp']}, "
              f"states sharded over {e['shard_group']})"]
     for s in e["stages"]:
         m = s["memory_gib"]

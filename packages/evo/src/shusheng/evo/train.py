@@ -75,13 +75,16 @@ def attention_for(batch: Batch, cfg: TrainConfig, device: torch.device):
     """The attention backend of a batch: varlen over its document pieces, or None (dense causal rows)."""
     if batch.doc_lengths is None:
         return None
-    cu = cu_seqlens_from_lengths(batch.doc_lengths, device)
+    cu = cu_seqlens_from_lengths(batch.doc_lengths)  # on the CPU: checked there, copied without a sync
     dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32
-    return varlen_attention(cu, max(batch.doc_lengths), impl=cfg.data.varlen_impl, dtype=dtype)
+    # max_seqlen = the row length (an upper bound of every piece): a constant, so compiled blocks never recompile
+    return varlen_attention(cu, batch.input_ids.shape[1], impl=cfg.data.varlen_impl, dtype=dtype, device=device)
 
 
 def _forward_loss(model, batch: Batch, cfg: TrainConfig, env: Env) -> torch.Tensor:
-    ids, labels = batch.input_ids.to(env.device), batch.labels.to(env.device)
+    pin = env.device.type == "cuda"
+    ids, labels = (t.pin_memory().to(env.device, non_blocking=True) if pin else t
+                   for t in (batch.input_ids, batch.labels))
     attention = attention_for(batch, cfg, env.device)
     autocast = (torch.autocast("cpu", torch.bfloat16) if not env.distributed and cfg.mixed_precision == "bf16"
                 and env.device.type == "cpu" else contextlib.nullcontext())
@@ -167,13 +170,14 @@ def train(cfg: TrainConfig, log_stream=None) -> RunResult:
                 batches = _micro_batches(stream, plan, env, cfg.data.packing, rows_seen)
                 step_targets = all_reduce_sum([float(sum(b.num_targets for b in batches))], env)[0]
                 scale = env.dp / max(step_targets, 1.0)  # FSDP averages gradients over dp ranks
-                loss_sum = 0.0
+                loss_acc = torch.zeros((), dtype=torch.float64, device=env.device)  # summed on device: no sync
                 for m, batch in enumerate(batches):
                     if env.distributed:
                         model.set_requires_gradient_sync(m == len(batches) - 1)
                     micro_loss = _forward_loss(model, batch, cfg, env)
                     (micro_loss * scale).backward()
-                    loss_sum += float(micro_loss.detach())
+                    loss_acc += micro_loss.detach()
+                loss_sum = float(loss_acc)
                 grad_norm = _grad_norm(model, cfg.optim.grad_clip)
                 lr = sched.get_last_lr()[0]
                 opt.step()
@@ -214,7 +218,7 @@ def train(cfg: TrainConfig, log_stream=None) -> RunResult:
             last = plans[-1]
             val_loss = evaluate(model, cfg, env, last.stage.seq_len, last.micro_batch)
             logger.log({"step": step, "val_loss": val_loss})
-        if ckpt.latest() is None or ckpt.latest().name != f"step-{step:08d}":
+        if cfg.checkpoint.at_end and (ckpt.latest() is None or ckpt.latest().name != f"step-{step:08d}"):
             save(step)
     if env.is_main:
         records = read_jsonl(out / "metrics.jsonl")

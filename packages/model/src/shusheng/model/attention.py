@@ -87,16 +87,17 @@ class VarlenAttention(AttentionBackend):
 
     name = "base"
 
-    def __init__(self, cu_seqlens: Tensor, max_seqlen: int | None = None):
+    def __init__(self, cu_seqlens: Tensor, max_seqlen: int | None = None, device: torch.device | str | None = None):
         super().__init__()
+        # checks run where cu_seqlens lives: pass CPU offsets with device="cuda" to avoid host syncs
         if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or int(cu_seqlens[0]) != 0:
             raise ValueError("cu_seqlens must be a 1-D tensor [0, len_1, len_1 + len_2, ..., total]")
         lengths = cu_seqlens.diff()
         if bool((lengths <= 0).any()):
             raise ValueError("cu_seqlens must be strictly increasing (every document needs at least one token)")
-        self.cu_seqlens = cu_seqlens.to(torch.int32)
         self.max_seqlen = int(lengths.max()) if max_seqlen is None else max_seqlen
         self.total = int(cu_seqlens[-1])
+        self.cu_seqlens = cu_seqlens.to(device=device or cu_seqlens.device, dtype=torch.int32, non_blocking=True)
 
     def doc_ids(self) -> Tensor:
         """(total,) index of the document each token belongs to."""
@@ -168,8 +169,8 @@ class FlexVarlenAttention(VarlenAttention):
 
     name = "flex"
 
-    def __init__(self, cu_seqlens: Tensor, max_seqlen: int | None = None):
-        super().__init__(cu_seqlens, max_seqlen)
+    def __init__(self, cu_seqlens: Tensor, max_seqlen: int | None = None, device: torch.device | str | None = None):
+        super().__init__(cu_seqlens, max_seqlen, device)
         from torch.nn.attention.flex_attention import create_block_mask
 
         doc = self.doc_ids()
@@ -231,21 +232,25 @@ def available_varlen_impls(device: torch.device | str, dtype: torch.dtype = torc
 
 
 def varlen_attention(
-    cu_seqlens: Tensor, max_seqlen: int | None = None, impl: str = "auto", dtype: torch.dtype = torch.bfloat16
+    cu_seqlens: Tensor, max_seqlen: int | None = None, impl: str = "auto", dtype: torch.dtype = torch.bfloat16,
+    device: torch.device | str | None = None,
 ) -> VarlenAttention:
-    """The packed-document backend for `cu_seqlens` (on the device it lives on).
+    """The packed-document backend for `cu_seqlens`.
 
     Args:
         cu_seqlens: (N + 1,) cumulative document lengths over the flattened batch.
-        max_seqlen: longest document; computed when omitted.
+        max_seqlen: longest document (an upper bound works); computed when omitted.
         impl: "auto" (the fastest available for the device and `dtype`) or one of `VARLEN_IMPLS`.
         dtype: the activation dtype, for "auto".
+        device: where attention runs; default where `cu_seqlens` lives. Building from CPU offsets with
+            device="cuda" keeps the checks off the GPU stream (no host sync per batch).
     """
+    device = torch.device(device) if device is not None else cu_seqlens.device
     if impl == "auto":
-        impl = available_varlen_impls(cu_seqlens.device, dtype)[0]
+        impl = available_varlen_impls(device, dtype)[0]
     if impl not in VARLEN_IMPLS:
         raise ValueError(f"unknown varlen attention impl {impl!r}; choose from {sorted(VARLEN_IMPLS)} or 'auto'")
-    return VARLEN_IMPLS[impl](cu_seqlens, max_seqlen)
+    return VARLEN_IMPLS[impl](cu_seqlens, max_seqlen, device)
 
 
 def cu_seqlens_from_lengths(lengths: list[int] | Tensor, device: torch.device | str = "cpu") -> Tensor:
