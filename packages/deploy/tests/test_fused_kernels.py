@@ -314,8 +314,28 @@ def test_qkv_rotary_gpu_bf16(N, KV, G, D):
            torch.full((N, KV, D), float("nan"), dtype=torch.bfloat16, device=DEVICE))
     q, k, _ = qkv_rotary(qkv, positions, freq, KV, G, D, out=out)
     q_ref, k_ref, _ = qkv_rotary_ref(qkv, positions, freq, KV, G, D)
-    check(q, q_ref, torch.bfloat16)
-    check(k, k_ref, torch.bfloat16)
+    # Angles up to 32k radians: fp32 cos/sin of the kernel and of torch differ in their last bits, so bf16 results
+    # flip rounding often. The property that matters: the kernel is as close to the exact (float64) rotation as
+    # the PyTorch reference is.
+    q64, k64 = _rotary_float64(qkv, positions, freq, KV, G, D)
+    for got, ref, exact in ((q, q_ref, q64), (k, k_ref, k64)):
+        assert not got.isnan().any(), "the kernel left part of its output unwritten"
+        assert rel_err(got, ref) < TOL[torch.bfloat16]
+        assert rel_err(got, exact) <= 1.1 * rel_err(ref, exact) + 1e-4
+
+
+def _rotary_float64(qkv, positions, freq, KV, G, D):
+    x = qkv.double().view(len(qkv), KV, G + 2, D)
+    q, k = x[:, :, :G].reshape(len(qkv), KV * G, D), x[:, :, G]
+    ang = positions[:, None].double() * freq.double()
+    emb = torch.cat((ang, ang), dim=-1)[:, None, :]
+    cos, sin = emb.cos(), emb.sin()
+
+    def rope(t):
+        t1, t2 = t.chunk(2, dim=-1)
+        return t * cos + torch.cat((-t2, t1), dim=-1) * sin
+
+    return rope(q), rope(k)
 
 
 @pytest.mark.gpu
