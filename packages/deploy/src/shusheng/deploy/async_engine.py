@@ -9,6 +9,7 @@ its streams.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import queue
 import threading
@@ -21,19 +22,50 @@ from .sampling_params import SamplingParams
 _END = object()
 
 
+def merge_outputs(old: RequestOutput, new: RequestOutput) -> RequestOutput:
+    """One output standing for `old` then `new` (consecutive outputs of a request): `new`'s snapshot with the
+    deltas of both. Lets a slow consumer take several engine steps at once instead of falling further behind."""
+    prev = {c.index: c for c in old.outputs}
+    for c in new.outputs:
+        if (o := prev.get(c.index)) is not None:
+            c.delta_text = o.delta_text + c.delta_text
+            c.delta_token_ids = o.delta_token_ids + c.delta_token_ids
+    if new.prompt_logprobs is None:
+        new.prompt_logprobs = old.prompt_logprobs
+    return new
+
+
 class RequestStream:
-    """Outputs of one request, readable from a thread (`for out in stream`) or an event loop (`async for`)."""
+    """Outputs of one request, readable from a thread (`for out in stream`) or an event loop (`async for`).
+
+    In an event loop, outputs that arrive while the consumer is busy are merged (`merge_outputs`): the consumer
+    always gets everything, in as few items as it can keep up with (vLLM v1's output collector does the same).
+    """
 
     def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop | None):
         self.request_id = request_id
         self._loop = loop
-        self._queue: asyncio.Queue | queue.Queue = asyncio.Queue() if loop else queue.Queue()
+        if loop is None:
+            self._queue: queue.Queue = queue.Queue()
+        else:
+            self._items: collections.deque = collections.deque()
+            self._ready = asyncio.Event()
 
-    def put(self, item) -> None:  # called from the engine thread
+    def put(self, item) -> None:
+        """From any thread."""
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+            self._loop.call_soon_threadsafe(self.put_nowait, item)
         else:
             self._queue.put(item)
+
+    def put_nowait(self, item) -> None:
+        """In the stream's event loop."""
+        last = self._items[-1] if self._items else None
+        if isinstance(item, RequestOutput) and isinstance(last, RequestOutput) and not last.finished:
+            self._items[-1] = merge_outputs(last, item)
+        else:
+            self._items.append(item)
+        self._ready.set()
 
     def __iter__(self) -> Iterator[RequestOutput]:
         while (item := self._queue.get()) is not _END:
@@ -42,7 +74,13 @@ class RequestStream:
             yield item
 
     async def __aiter__(self) -> AsyncIterator[RequestOutput]:
-        while (item := await self._queue.get()) is not _END:
+        while True:
+            if not self._items:
+                self._ready.clear()
+                await self._ready.wait()
+            item = self._items.popleft()
+            if item is _END:
+                return
             if isinstance(item, BaseException):
                 raise item
             yield item
@@ -121,8 +159,7 @@ class AsyncEngine:
             while not self._stopped.is_set():
                 self._drain(block=not self.engine.has_unfinished())
                 if self.engine.has_unfinished():
-                    for out in self.engine.step():
-                        self._deliver(out)
+                    self._deliver_many(self.engine.step())
         except BaseException as e:  # deliver the failure to every waiting request, then stop
             self.error = e
             with self._lock:
@@ -159,6 +196,28 @@ class AsyncEngine:
             if out is not None:
                 self._deliver(out)
 
+    def _deliver_many(self, outs: list[RequestOutput]) -> None:
+        """A step's outputs: one wake-up per event loop (not one per request), then plain puts inside it."""
+        by_loop: dict = {}
+        for out in outs:
+            with self._lock:
+                stream = self._streams.get(out.request_id)
+                if stream is not None and out.finished:
+                    del self._streams[out.request_id]
+            if stream is None:
+                continue
+            if stream._loop is None:
+                stream.put(out)
+                if out.finished:
+                    stream.put(_END)
+            else:
+                items = by_loop.setdefault(stream._loop, [])
+                items.append((stream, out))
+                if out.finished:
+                    items.append((stream, _END))
+        for loop, items in by_loop.items():
+            loop.call_soon_threadsafe(_put_all, items)
+
     def _deliver(self, out: RequestOutput) -> None:
         with self._lock:
             stream = self._streams.get(out.request_id)
@@ -168,3 +227,8 @@ class AsyncEngine:
             stream.put(out)
             if out.finished:
                 stream.put(_END)
+
+
+def _put_all(items: list) -> None:
+    for stream, item in items:
+        stream.put_nowait(item)

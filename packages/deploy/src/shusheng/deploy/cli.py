@@ -152,6 +152,9 @@ def cmd_serve(a: argparse.Namespace) -> int:
     name = a.served_model_name or Path(a.path).resolve().name
     keys = [k.strip() for k in a.api_keys.split(",")] if a.api_keys else None
     app = build_app(engine, name, keys, a.chat_template, a.max_queue)
+    # The engine thread gives up the GIL at every CUDA sync; with the default 5 ms switch interval a busy event
+    # loop can hold it that long before the engine gets it back, once or more per decode step.
+    sys.setswitchinterval(0.001)
     uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level)
     return 0
 

@@ -29,6 +29,39 @@ from .serving import APIError, ServerState, chat_completion, chat_stream, comple
 _OPEN_PATHS = ("/health", "/metrics")
 
 
+class _AuthAndCount:
+    """API-key check and per-path request counting, as plain ASGI middleware: it sees each streamed chunk pass
+    straight through (Starlette's `@app.middleware("http")` would copy every chunk through an extra task)."""
+
+    def __init__(self, app, state: ServerState, keys: list[str]):
+        self.app, self.state, self.keys = app, state, keys
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, requests = scope["path"], self.state.metrics.requests
+        if self.keys and path not in _OPEN_PATHS:
+            given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            token = given[7:] if given.lower().startswith("bearer ") else ""
+            if not any(hmac.compare_digest(token, k) for k in self.keys):
+                requests.labels(path, "401").inc()
+                msg = "missing API key: send 'Authorization: Bearer <key>'" if not token else "invalid API key"
+                response = JSONResponse(APIError(401, msg, type="authentication_error").body(), status_code=401)
+                return await response(scope, receive, send)
+        status = ["500"]
+
+        async def send_and_note(message):
+            if message["type"] == "http.response.start":
+                status[0] = str(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            if path != "/metrics":
+                requests.labels(path, status[0]).inc()
+
+
 def build_app(engine: AsyncEngine, model_name: str, api_keys: list[str] | None = None,
               chat_template: str | None = None, max_queue: int = 1024) -> FastAPI:
     """The FastAPI app. `engine` is already running; the app shuts it down when it stops."""
@@ -44,20 +77,7 @@ def build_app(engine: AsyncEngine, model_name: str, api_keys: list[str] | None =
     app = FastAPI(title="shusheng-deploy", lifespan=lifespan)
     app.state.shusheng = state
 
-    @app.middleware("http")
-    async def auth_and_count(request: Request, call_next):
-        path = request.url.path
-        if keys and path not in _OPEN_PATHS:
-            given = request.headers.get("authorization", "")
-            token = given[7:] if given.lower().startswith("bearer ") else ""
-            if not any(hmac.compare_digest(token, k) for k in keys):
-                state.metrics.requests.labels(path, "401").inc()
-                msg = "missing API key: send 'Authorization: Bearer <key>'" if not token else "invalid API key"
-                return JSONResponse(APIError(401, msg, type="authentication_error").body(), status_code=401)
-        response = await call_next(request)
-        if path != "/metrics":
-            state.metrics.requests.labels(path, str(response.status_code)).inc()
-        return response
+    app.add_middleware(_AuthAndCount, state=state, keys=keys)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):

@@ -321,7 +321,12 @@ def completion_stream(state: ServerState, req: CompletionRequest) -> AsyncIterat
     tokenizer = state.engine.engine.tokenizer
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
-    async def gen():
+    async def merged():
+        """(prompt index, output) of every prompt's stream as they come; one prompt needs no fan-in task."""
+        if len(streams) == 1:
+            async for out in outputs(state, streams[0]):
+                yield 0, out
+            return
         queue: asyncio.Queue = asyncio.Queue()
 
         async def pump(i, stream):
@@ -332,33 +337,37 @@ def completion_stream(state: ServerState, req: CompletionRequest) -> AsyncIterat
                 await queue.put((i, None))
 
         tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
-        usage = [0, 0]
         try:
             done = 0
             while done < len(tasks):
                 i, out = await queue.get()
                 if out is None:
                     done += 1
-                    continue
-                for c in out.outputs:
-                    text = c.delta_text
-                    if req.echo and len(c.token_ids) == len(c.delta_token_ids) and c.delta_token_ids:
-                        text = (out.prompt if out.prompt is not None else tokenizer.decode(out.prompt_token_ids)) + (
-                            "" if zero else text)
-                    elif zero:
-                        text = ""
-                    if text or c.finished:
-                        yield _sse({"id": rid, "object": "text_completion", "created": created,
-                                    "model": state.model_name,
-                                    "choices": [{"index": i * req.n + c.index, "text": text, "logprobs": None,
-                                                 "finish_reason": ("length" if zero else c.finish_reason)}]})
-                if out.finished:
-                    _count(state, out)
-                    usage[0] += len(out.prompt_token_ids)
-                    usage[1] += 0 if zero else sum(len(c.token_ids) for c in out.outputs)
+                else:
+                    yield i, out
         finally:
             for t in tasks:
                 t.cancel()
+
+    async def gen():
+        usage = [0, 0]
+        async for i, out in merged():
+            for c in out.outputs:
+                text = c.delta_text
+                if req.echo and len(c.token_ids) == len(c.delta_token_ids) and c.delta_token_ids:
+                    text = (out.prompt if out.prompt is not None else tokenizer.decode(out.prompt_token_ids)) + (
+                        "" if zero else text)
+                elif zero:
+                    text = ""
+                if text or c.finished:
+                    yield _sse({"id": rid, "object": "text_completion", "created": created,
+                                "model": state.model_name,
+                                "choices": [{"index": i * req.n + c.index, "text": text, "logprobs": None,
+                                             "finish_reason": ("length" if zero else c.finish_reason)}]})
+            if out.finished:
+                _count(state, out)
+                usage[0] += len(out.prompt_token_ids)
+                usage[1] += 0 if zero else sum(len(c.token_ids) for c in out.outputs)
         if include_usage:
             yield _sse({"id": rid, "object": "text_completion", "created": created, "model": state.model_name,
                         "choices": [], "usage": _usage(*usage)})
