@@ -117,7 +117,7 @@ class AsyncEngine:
                 loop = None
             stream = RequestStream(request_id, loop)
             self._streams[request_id] = stream
-        self._inbox.put(("add", request_id, prompt if isinstance(prompt, str) else None, ids, params))
+        self._submit(("add", request_id, prompt if isinstance(prompt, str) else None, ids, params))
         return stream
 
     async def generate(self, prompt: str | list[int], params: SamplingParams | None = None,
@@ -134,7 +134,10 @@ class AsyncEngine:
                 self.abort(stream.request_id)
 
     def abort(self, request_id: str) -> None:
-        self._inbox.put(("abort", request_id))
+        self._submit(("abort", request_id))
+
+    def _submit(self, item: tuple) -> None:
+        self._inbox.put(item)
 
     async def run(self, fn, *args):
         """Run `fn(engine, *args)` on the engine thread (which owns the model) and await its result."""
@@ -161,12 +164,15 @@ class AsyncEngine:
                 if self.engine.has_unfinished():
                     self._deliver_many(self.engine.step())
         except BaseException as e:  # deliver the failure to every waiting request, then stop
-            self.error = e
-            with self._lock:
-                streams = list(self._streams.values())
-                self._streams.clear()
-            for s in streams:
-                s.put(e)
+            self._fail(e)
+
+    def _fail(self, e: BaseException) -> None:
+        self.error = e
+        with self._lock:
+            streams = list(self._streams.values())
+            self._streams.clear()
+        for s in streams:
+            s.put(e)
 
     def _drain(self, block: bool) -> None:
         try:

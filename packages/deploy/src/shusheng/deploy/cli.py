@@ -64,6 +64,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--chat-template", default=None, help="internlm2, llama3 or chatml (default: the tokenizer's)")
     s.add_argument("--max-queue", type=int, default=1024, help="requests in flight before 503")
     s.add_argument("--log-level", default="info")
+    s.add_argument("--engine-in-thread", action="store_true",
+                   help="run the engine in a thread of the server process instead of its own process "
+                        "(less start-up time, more contention under load)")
     _engine_args(s)
     from . import bench_serve, chat_client
 
@@ -143,18 +146,26 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from shusheng.model.chat import list_templates
 
     from .async_engine import AsyncEngine
+    from .engine_process import ProcessAsyncEngine
     from .llm_engine import LLMEngine
     from .server import build_app
 
     if a.chat_template is not None and a.chat_template not in list_templates():
         raise ValueError(f"unknown --chat-template {a.chat_template!r}; choose from {list_templates()}")
-    engine = AsyncEngine(LLMEngine(_engine_config(a)))
+    config = _engine_config(a)
+    if a.engine_in_thread:
+        engine = AsyncEngine(LLMEngine(config))
+        # The engine thread gives up the GIL at every CUDA sync; with the default 5 ms switch interval a busy event
+        # loop can hold it that long before the engine gets it back, once or more per decode step.
+        sys.setswitchinterval(0.001)
+    else:
+        try:
+            engine = ProcessAsyncEngine(config)
+        except RuntimeError as e:  # the engine's own start-up error (bad checkpoint, no memory): one line, exit 2
+            raise ValueError(str(e).removeprefix("the engine failed to start: ")) from None
     name = a.served_model_name or Path(a.path).resolve().name
     keys = [k.strip() for k in a.api_keys.split(",")] if a.api_keys else None
     app = build_app(engine, name, keys, a.chat_template, a.max_queue)
-    # The engine thread gives up the GIL at every CUDA sync; with the default 5 ms switch interval a busy event
-    # loop can hold it that long before the engine gets it back, once or more per decode step.
-    sys.setswitchinterval(0.001)
     uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level)
     return 0
 

@@ -26,6 +26,48 @@ from .sequence import Sequence
 from .stop import StopChecker
 
 
+def encode_prompt(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Token ids of a text prompt: BOS first (unless the text already starts with it), as HF tokenizers do."""
+    bos_text = tokenizer.id_to_token(tokenizer.bos_id) if tokenizer.bos_id is not None else None
+    add_bos = tokenizer.bos_id is not None and not (bos_text and text.startswith(bos_text))
+    return tokenizer.encode(text, add_bos=add_bos)
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What a request must fit: the vocabulary, the context window and the KV pool (a picklable value, so a
+    front end in another process can validate requests without the engine)."""
+
+    vocab_size: int
+    max_model_len: int
+    num_blocks: int
+    block_size: int
+
+    def check(self, ids: list[int], params: SamplingParams) -> None:
+        """Raises ValueError naming the limit a request breaks and how to fix it."""
+        if not ids:
+            raise ValueError("the prompt is empty: give at least one token")
+        V = self.vocab_size
+        bad = [t for t in ids if not 0 <= t < V]
+        if bad:
+            raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary (0..{V - 1})")
+        n, limit = len(ids), self.max_model_len
+        want = n + (params.max_tokens if params.max_tokens is not None else 1)
+        if want > limit:
+            raise ValueError(
+                f"this model's maximum context length is {limit} tokens, but the request needs {want} "
+                f"({n} prompt + {want - n} max_tokens); shorten the prompt or lower max_tokens"
+            )
+        total = n + (params.max_tokens if params.max_tokens is not None else limit - n)
+        blocks = (total + self.block_size - 1) // self.block_size
+        if blocks > self.num_blocks:
+            raise ValueError(
+                f"the request can never fit: {total} tokens need {blocks} KV blocks and the pool holds "
+                f"{self.num_blocks}; lower max_tokens, or give the KV cache more memory (gpu_memory_utilization, "
+                "num_kv_blocks)"
+            )
+
+
 @dataclass
 class _Choice:
     """Streaming state of one sequence (one of a request's n choices)."""
@@ -71,6 +113,8 @@ class LLMEngine:
         self.model_config = self.runner.model_config
         self.max_model_len = self.runner.max_model_len
         self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.limits = RequestLimits(self.model_config.vocab_size, self.max_model_len, self.runner.num_blocks,
+                                    config.block_size)
         self.scheduler = Scheduler(config, self.block_manager)
         self.sampler = Sampler()
         self.eos_ids = self._eos_ids()
@@ -121,32 +165,10 @@ class LLMEngine:
 
     def encode_prompt(self, text: str) -> list[int]:
         """Token ids of a text prompt: BOS first (unless the text already starts with it), as HF tokenizers do."""
-        tok = self.tokenizer
-        bos_text = tok.id_to_token(tok.bos_id) if tok.bos_id is not None else None
-        add_bos = tok.bos_id is not None and not (bos_text and text.startswith(bos_text))
-        return tok.encode(text, add_bos=add_bos)
+        return encode_prompt(self.tokenizer, text)
 
     def _check(self, ids: list[int], params: SamplingParams) -> None:
-        if not ids:
-            raise ValueError("the prompt is empty: give at least one token")
-        V = self.model_config.vocab_size
-        bad = [t for t in ids if not 0 <= t < V]
-        if bad:
-            raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary (0..{V - 1})")
-        n, limit = len(ids), self.max_model_len
-        want = n + (params.max_tokens if params.max_tokens is not None else 1)
-        if want > limit:
-            raise ValueError(
-                f"this model's maximum context length is {limit} tokens, but the request needs {want} "
-                f"({n} prompt + {want - n} max_tokens); shorten the prompt or lower max_tokens"
-            )
-        total = n + (params.max_tokens if params.max_tokens is not None else limit - n)
-        blocks, pool = self.block_manager.blocks_needed(total), self.block_manager.num_blocks
-        if blocks > pool:
-            raise ValueError(
-                f"the request can never fit: {total} tokens need {blocks} KV blocks and the pool holds {pool}; "
-                "lower max_tokens, or give the KV cache more memory (gpu_memory_utilization, num_kv_blocks)"
-            )
+        self.limits.check(ids, params)
 
     def _choice(self, seq: Sequence, index: int, max_tokens: int) -> _Choice:
         p = seq.params

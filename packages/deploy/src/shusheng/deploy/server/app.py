@@ -29,6 +29,11 @@ from .serving import APIError, ServerState, chat_completion, chat_stream, comple
 _OPEN_PATHS = ("/health", "/metrics")
 
 
+def _embed(engine, inputs):
+    """Runs where the engine lives (its thread or its process): a module-level function, so it pickles."""
+    return engine.embed(inputs).cpu()
+
+
 class _AuthAndCount:
     """API-key check and per-path request counting, as plain ASGI middleware: it sees each streamed chunk pass
     straight through (Starlette's `@app.middleware("http")` would copy every chunk through an extra task)."""
@@ -144,7 +149,7 @@ def build_app(engine: AsyncEngine, model_name: str, api_keys: list[str] | None =
         if not inputs:
             raise APIError(400, "input is empty", param="input")
         try:
-            vectors = await engine.run(lambda eng: eng.embed(inputs).cpu())
+            vectors = await engine.run(_embed, inputs)
         except ValueError as e:
             raise APIError(400, str(e), param="input") from None
         tok = engine.engine.tokenizer

@@ -1,0 +1,190 @@
+"""The engine in its own process, so the HTTP server's event loop and the engine's step loop never share a GIL.
+
+In one process the event loop (parsing requests, writing one SSE chunk per token per stream) and the engine thread
+(scheduling, launching the step, sampling) take turns on one interpreter lock: under load every decode step waits
+for the loop and the loop waits for the step. vLLM's v1 engine core moved to its own process for this reason;
+this is the same split, with a pipe instead of ZMQ:
+
+    API process                                   engine process
+    ProcessAsyncEngine.add_request  --("add")-->   LLMEngine.add_prepared
+      (tokenize + validate here,                   loop: drain the pipe, step(),
+       with EngineFrontend)         <--outputs--   send the step's outputs + stats
+    reader thread -> one event-loop wake-up per step -> RequestStreams (as AsyncEngine)
+
+`EngineFrontend` carries what the server reads of an engine (tokenizer, limits, live stats) without the model.
+`run(fn, *args)` ships a picklable function to the engine process and returns its result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import multiprocessing as mp
+import threading
+import traceback
+
+from shusheng.model.tokenizer import load_tokenizer
+
+from .async_engine import AsyncEngine
+from .config import EngineConfig
+from .llm_engine import RequestLimits, encode_prompt
+from .sampling_params import SamplingParams
+
+
+class EngineFrontend:
+    """The engine as the API process sees it: tokenizer, request limits and the latest stats."""
+
+    def __init__(self, tokenizer, limits: RequestLimits, stats: dict):
+        self.tokenizer, self.limits, self.latest_stats = tokenizer, limits, stats
+        self.max_model_len = limits.max_model_len
+
+    def encode_prompt(self, text: str) -> list[int]:
+        return encode_prompt(self.tokenizer, text)
+
+    def prepare_prompt(self, prompt: str | list[int], params: SamplingParams) -> list[int]:
+        ids = self.encode_prompt(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        self.limits.check(ids, params)
+        return ids
+
+    def stats(self) -> dict:
+        return dict(self.latest_stats)
+
+
+def _core_main(config: EngineConfig, conn) -> None:
+    """The engine process: build the engine, then step while there is work, answering the pipe in between."""
+    from .llm_engine import LLMEngine
+
+    try:
+        engine = LLMEngine(config)
+    except BaseException as e:
+        conn.send(("failed", f"{type(e).__name__}: {e}"))
+        return
+    conn.send(("ready", engine.limits, engine.stats()))
+    while True:
+        if not engine.has_unfinished() or conn.poll():
+            msg = conn.recv()  # blocks only when idle
+            while True:
+                kind = msg[0]
+                if kind == "stop":
+                    return
+                if kind == "add":
+                    _, rid, text, ids, params = msg
+                    engine.add_prepared(rid, text, ids, params)
+                elif kind == "abort":
+                    out = engine.abort(msg[1])
+                    if out is not None:
+                        conn.send(("outputs", [out], engine.stats()))
+                elif kind == "call":
+                    _, call_id, fn, args = msg
+                    try:
+                        conn.send(("result", call_id, True, fn(engine, *args)))
+                    except Exception as e:  # the caller gets the error; the engine goes on
+                        conn.send(("result", call_id, False, e))
+                if not conn.poll():
+                    break
+                msg = conn.recv()
+        if engine.has_unfinished():
+            try:
+                outs = engine.step()
+            except BaseException:
+                conn.send(("crashed", traceback.format_exc()))
+                raise
+            conn.send(("outputs", outs, engine.stats()))
+
+
+class ProcessAsyncEngine(AsyncEngine):
+    """`AsyncEngine`'s interface over an engine running in a spawned process (see the module docstring).
+
+    Args:
+        config: the engine config (the process loads the model from `config.model`).
+        startup_timeout: seconds to wait for the model to load and the KV cache to be sized.
+
+    Raises:
+        RuntimeError: the engine failed to start (its error message is included).
+    """
+
+    def __init__(self, config: EngineConfig, startup_timeout: float = 900.0):
+        ctx = mp.get_context("spawn")  # a fresh interpreter: CUDA must not be inherited
+        self._conn, child = ctx.Pipe(duplex=True)
+        self._proc = ctx.Process(target=_core_main, args=(config, child), name="shusheng-engine-core", daemon=True)
+        self._proc.start()
+        child.close()
+        tokenizer = load_tokenizer(config.model)
+        if not self._conn.poll(startup_timeout):
+            self._proc.kill()
+            raise RuntimeError(f"the engine process did not start within {startup_timeout:.0f} s")
+        try:
+            msg = self._conn.recv()
+        except EOFError:
+            raise RuntimeError(f"the engine process exited during start-up (exit code {self._proc.exitcode})") \
+                from None
+        if msg[0] != "ready":
+            raise RuntimeError(f"the engine failed to start: {msg[1]}")
+        self.engine = EngineFrontend(tokenizer, msg[1], msg[2])
+        self._streams = {}
+        self._ids = 0
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self.error = None
+        self._calls: dict[int, concurrent.futures.Future] = {}
+        self._call_ids = itertools.count()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._read, name="shusheng-engine-reader", daemon=True)
+        self._thread.start()
+
+    def _submit(self, item: tuple) -> None:
+        if self.error is not None:
+            return
+        try:
+            with self._send_lock:
+                self._conn.send(item)
+        except (OSError, EOFError) as e:
+            self._fail(RuntimeError(f"the engine process is gone: {e}"))
+
+    async def run(self, fn, *args):
+        """Run the picklable `fn(engine, *args)` in the engine process and await its result."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        call_id = next(self._call_ids)
+        self._calls[call_id] = future
+        self._submit(("call", call_id, fn, args))
+        return await asyncio.wrap_future(future)
+
+    def _read(self) -> None:
+        """Reader thread: waits on the pipe (without the GIL) and hands each step's outputs to their streams."""
+        while True:
+            try:
+                msg = self._conn.recv()
+            except (EOFError, OSError):
+                if not self._stopping:
+                    self._fail(RuntimeError(f"the engine process exited (exit code {self._proc.exitcode})"))
+                break
+            if msg[0] == "outputs":
+                self.engine.latest_stats = msg[2]
+                self._deliver_many(msg[1])
+            elif msg[0] == "result":
+                _, call_id, ok, value = msg
+                future = self._calls.pop(call_id, None)
+                if future is not None and not future.done():
+                    future.set_result(value) if ok else future.set_exception(value)
+            elif msg[0] == "crashed":
+                self._fail(RuntimeError(f"the engine process failed:\n{msg[1]}"))
+        for future in self._calls.values():
+            if not future.done():
+                future.set_exception(RuntimeError("the engine process stopped"))
+
+    def _fail(self, e: BaseException) -> None:
+        super()._fail(e)
+        for future in list(self._calls.values()):
+            if not future.done():
+                future.set_exception(e)
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        self._submit(("stop",))
+        self._proc.join(timeout)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(timeout)
+        self._conn.close()
+        self._thread.join(timeout)

@@ -1,0 +1,76 @@
+"""The engine in its own process: same outputs as in-process, calls work, a dead engine process fails cleanly."""
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from shusheng.deploy import EngineConfig, LLMEngine, SamplingParams
+from shusheng.deploy.engine_process import ProcessAsyncEngine
+
+PROMPTS = ["hello world", "the cat sat on", "a b c d e f"]
+
+
+@pytest.fixture(scope="module")
+def process_engine(tiny_ckpt):
+    engine = ProcessAsyncEngine(EngineConfig.from_kwargs(str(tiny_ckpt), device="cpu", dtype="float32"))
+    yield engine
+    engine.shutdown()
+
+
+def test_streams_equal_the_in_process_engine(tiny_ckpt, process_engine):
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    ref = LLMEngine(EngineConfig.from_kwargs(str(tiny_ckpt), device="cpu", dtype="float32")).generate(PROMPTS, params)
+
+    async def collect(prompt):
+        text, ids, last = "", [], None
+        async for out in process_engine.generate(prompt, params):
+            text += out.outputs[0].delta_text
+            ids += out.outputs[0].delta_token_ids
+            last = out
+        return text, ids, last
+
+    async def main():
+        return await asyncio.gather(*(collect(p) for p in PROMPTS))
+
+    for (text, ids, last), r in zip(asyncio.run(main()), ref, strict=True):
+        assert ids == r.outputs[0].token_ids and text == r.outputs[0].text
+        assert last.finished and last.outputs[0].finish_reason == "length"
+    assert process_engine.num_unfinished == 0
+
+
+def test_validation_happens_in_the_api_process(process_engine):
+    limit = process_engine.engine.max_model_len
+    with pytest.raises(ValueError, match="maximum context length"):
+        process_engine.add_request("hi", SamplingParams(max_tokens=limit + 1))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        process_engine.add_request([10**9], SamplingParams(max_tokens=2))
+
+
+def test_calls_run_in_the_engine_process(process_engine):
+    # functions shipped to the engine process must pickle: module-level ones (here LLMEngine's own methods)
+    stats = asyncio.run(process_engine.run(LLMEngine.stats))
+    assert stats["running"] == 0 and 0.0 <= stats["kv_cache_usage"] <= 1.0
+    vectors = asyncio.run(process_engine.run(LLMEngine.embed, ["hello world", "a b"]))
+    assert vectors.shape[0] == 2
+    with pytest.raises(ValueError, match="input 0 is empty"):
+        asyncio.run(process_engine.run(LLMEngine.embed, [[]]))
+
+
+def test_a_dead_engine_process_fails_every_stream(tiny_ckpt):
+    engine = ProcessAsyncEngine(EngineConfig.from_kwargs(str(tiny_ckpt), device="cpu", dtype="float32"))
+    try:
+        async def main():
+            stream = engine.add_request("hello", SamplingParams(max_tokens=400, ignore_eos=True))
+            os.kill(engine._proc.pid, signal.SIGKILL)
+            async for _ in stream:
+                pass
+
+        with pytest.raises(RuntimeError, match="engine process"):
+            asyncio.run(main())
+        assert engine.error is not None
+        with pytest.raises(RuntimeError, match="stopped after an error"):
+            engine.add_request("again")
+    finally:
+        engine.shutdown()
