@@ -36,3 +36,16 @@ def test_model_labels_give_the_summed_loss_of_the_logits():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="do not match"):
         linear_cross_entropy(torch.zeros(4, 8), torch.zeros(10, 8), torch.zeros(5, dtype=torch.long))
+
+
+def test_frozen_weight_gets_no_gradient_and_the_same_hidden_gradient():
+    torch.manual_seed(1)
+    h = torch.randn(20, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(30, 8, dtype=torch.float64)  # frozen
+    y = torch.randint(0, 30, (20,))
+    linear_cross_entropy(h, w, y, chunk_size=7).backward()
+    got = h.grad.clone()
+    h.grad = None
+    cross_entropy_reference(h, w, y).backward()
+    torch.testing.assert_close(got, h.grad, rtol=1e-12, atol=1e-12)
+    assert w.grad is None

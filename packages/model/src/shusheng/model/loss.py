@@ -20,11 +20,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, labels: Tensor, chunk: int) -> Tensor:
         # h (N, D), weight (V, D), labels (N,) -> summed loss over labels != IGNORE_INDEX (fp32 scalar)
-        need_grad = h.requires_grad or weight.requires_grad
+        # a frozen head (LoRA, QLoRA, reward models) needs no weight gradient: skip its buffer and matmul
+        need_h, need_w = h.requires_grad, weight.requires_grad
+        need_grad = need_h or need_w
         acc = torch.promote_types(h.dtype, torch.float32)  # fp32 for bf16/fp16/fp32 inputs, fp64 for fp64
         loss = torch.zeros((), dtype=acc, device=h.device)
-        grad_h = torch.empty_like(h) if need_grad else None
-        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_grad else None
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
         for s in range(0, h.shape[0], chunk):
             hc, yc = h[s : s + chunk], labels[s : s + chunk]
             logits = (hc @ weight.T).to(acc)  # (n, V)
@@ -38,15 +40,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 p[torch.arange(len(yc), device=p.device), target] -= 1.0
                 p.mul_(valid[:, None])
                 p = p.to(h.dtype)
-                grad_h[s : s + chunk] = p @ weight
-                grad_w += p.T @ hc
-        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype) if need_grad else None)
+                if need_h:
+                    grad_h[s : s + chunk] = p @ weight
+                if need_w:
+                    grad_w += p.T @ hc
+        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype) if need_w else None)
         return loss
 
     @staticmethod
     def backward(ctx, g: Tensor):
         grad_h, grad_w = ctx.saved_tensors
-        return grad_h * g.to(grad_h.dtype), grad_w * g.to(grad_w.dtype), None, None
+        return (grad_h * g.to(grad_h.dtype) if grad_h is not None else None,
+                grad_w * g.to(grad_w.dtype) if grad_w is not None else None, None, None)
 
 
 def linear_cross_entropy(h: Tensor, weight: Tensor, labels: Tensor, chunk_size: int = 4096) -> Tensor:
