@@ -1,7 +1,7 @@
 """LoRA SFT speed and memory: shusheng-tuner against Hugging Face transformers + peft, in one run.
 
     python packages/tuner/benchmarks/lora_speed.py [--preset internlm2-1.8b] [--seq 2048] [--steps 20] [--rank 16]
-                                                   [--no-ac] [--compile] [--out result.json]
+                                                   [--no-ac] [--out result.json]
     python packages/tuner/benchmarks/lora_speed.py --qlora-7b [--out result.json]
     python packages/tuner/benchmarks/lora_speed.py --tiny --steps 2 --out /tmp/r.json      # CPU smoke run
 
@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from shusheng.model import ModelConfig, build_model
-from shusheng.model.parallel import apply_ac, apply_compile
+from shusheng.model.parallel import apply_ac
 from shusheng.model.training import build_optimizer
 from shusheng.tuner.config import DEFAULT_TARGETS, LoraArgs, QuantArgs
 from shusheng.tuner.data import Sample, collate, pack
@@ -100,8 +100,6 @@ def ours(cfg: ModelConfig, rows, args, device: torch.device, bf16: bool, qlora: 
     add_lora(model, lora_config(LoraArgs(rank=args.rank, alpha=2 * args.rank)), seed=0, autocast=bf16)
     if args.ac:
         apply_ac(model, "full")
-    if args.compile:
-        apply_compile(model)
     model.train()
     reset_peak(device)  # peak of training (weights, optimizer state, activations), not of building the model
     opt = build_optimizer(model, lr=1e-4, weight_decay=0.0)
@@ -171,7 +169,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--no-ac", dest="ac", action="store_false", help="activation checkpointing off on both sides")
-    p.add_argument("--compile", action="store_true", help="torch.compile our blocks")
     p.add_argument("--qlora-7b", action="store_true", help="peak memory of QLoRA on the internlm2-7b preset")
     p.add_argument("--tiny", action="store_true", help="the tiny preset on CPU in fp32: a smoke run of the script")
     p.add_argument("--out", default=None, help="write the results as JSON here")

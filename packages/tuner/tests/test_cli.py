@@ -58,6 +58,7 @@ def test_list_templates(capsys):
     (["train", "CONFIG", "data.train=[missing.jsonl]"], "error: data file missing.jsonl does not exist"),
     (["train", "CONFIG", "method=dora"], "error: method must be one of ['full', 'lora', 'qlora'], got 'dora'"),
     (["train", "nope.yaml"], "error: config file nope.yaml does not exist"),
+    (["train", "CONFIG", "train.compile=true"], "error: train: train.compile is not supported yet"),
     (["check-data", "configs/sft_lora_tiny.yaml", "--tokenizer", "configs/tiny"], "error: data file "
      "configs/sft_lora_tiny.yaml: unknown suffix '.yaml'"),
     (["merge", "configs", "out"], "error: configs is not an adapter folder (no adapter_config.json)"),
