@@ -1,4 +1,5 @@
-"""2 processes (torchrun, gloo, FSDP2) against 1 process with the same global batch; a 2-rank checkpoint on 1 rank."""
+"""2 processes (torchrun, gloo; FSDP2, then TP) against 1 process with the same global batch; 2-rank checkpoints
+load on 1 rank."""
 
 import os
 import subprocess
@@ -42,3 +43,12 @@ def test_two_process_fsdp_matches_one_process(write_config, corpus, tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=k)
     _train(cfg, 1, f"output={two}", "steps=8")
     assert len(_losses(two)) == 8
+
+    # tensor parallelism (2 ranks, one data-parallel replica): the same losses, and its checkpoint loads on one
+    tp = tmp_path / "tp"
+    _train(cfg, 2, f"output={tp}", "parallel.tp=2", "eval_batches=1")
+    for a, b in zip(l1, _losses(tp), strict=True):
+        assert abs(a - b) < 1e-5, (l1, _losses(tp))
+    m3, _ = load_trained(tp)
+    for (k, a), b in zip(m1.state_dict().items(), m3.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)

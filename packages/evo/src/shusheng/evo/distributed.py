@@ -114,9 +114,12 @@ def build(cfg: TrainConfig, env: Env) -> Transformer:
 
 
 def all_reduce_sum(values: list[float], env: Env) -> list[float]:
-    """Sum floats over all ranks (identity without a group). Counts are exact below 2**53 in float64."""
+    """Sum per-replica floats (token counts, loss sums) over the data-parallel ranks (identity without a group).
+
+    The ranks of one tensor-parallel group hold the same batch, so the sum over all ranks counts each batch tp
+    times: divide by tp. Counts are exact below 2**53 in float64."""
     if not env.distributed:
         return values
     t = torch.tensor(values, dtype=torch.float64, device=env.device)
     dist.all_reduce(t)
-    return t.tolist()
+    return (t / (env.world // env.dp)).tolist()

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import yaml
+from torch.distributed.tensor import DTensor
 
 from shusheng.model.attention import cu_seqlens_from_lengths, varlen_attention
 from shusheng.model.training import (
@@ -93,9 +94,22 @@ def _forward_loss(model, batch: Batch, cfg: TrainConfig, env: Env) -> torch.Tens
 
 
 def _grad_norm(model, max_norm: float) -> float:
-    params = [p for p in model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"), foreach=True)
-    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    """Global gradient norm (and clipping to `max_norm` when > 0). With FSDP + TP the gradients live on two meshes
+    (TP-sharded matrices on dp x tp, norms and the rest on dp alone), which one norm call cannot mix: the norm is
+    taken per mesh, made whole, and combined."""
+    groups: dict = {}
+    for p in model.parameters():
+        if p.grad is not None:
+            groups.setdefault(getattr(p.grad, "device_mesh", None), []).append(p)
+    norms = []
+    for params in groups.values():
+        n = torch.nn.utils.get_total_norm([p.grad for p in params], 2.0, foreach=True)
+        norms.append(n.full_tensor() if isinstance(n, DTensor) else n)
+    total = norms[0] if len(norms) == 1 else torch.stack([n.float() for n in norms]).norm()
+    if max_norm > 0:
+        for params in groups.values():  # one mesh per foreach call
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, total, foreach=True)
+    return float(total)
 
 
 @torch.no_grad()
