@@ -45,3 +45,13 @@ def test_estimate(write_config, corpus, tmp_path, capsys):
     assert abs(m["states"] - 1.889e9 * 16 / 8 / 2**30) < 0.01 and m["activations"] > 0
     assert main(["estimate", str(cfg), "model.preset=internlm2-1.8b", "activation_checkpointing.mode=full"]) == 0
     assert "GFLOP/token" in capsys.readouterr().out
+
+
+def test_a_loss_spike_is_reported_with_step_and_rows(write_config, corpus, tmp_path, capsys):
+    # spike_factor 0.5 flags any loss above half the recent mean: the reporting path, end to end
+    cfg = write_config(tmp_path / "c.yaml", corpus, steps=14)
+    assert main(["train", str(cfg), "spike_factor=0.5"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: loss spike at step 11 (stage 0, global rows 40-43)" in err
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss spike at step 11" in r.get("warning", "") for r in records)

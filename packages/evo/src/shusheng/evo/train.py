@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,6 +220,8 @@ def train(cfg: TrainConfig, log_stream=None) -> RunResult:
                 record["peak_mem_gb"] = torch.cuda.max_memory_allocated(env.device) / 2**30
             if warning:
                 record["warning"] = warning
+                if env.is_main:
+                    print(f"warning: {warning}", file=log_stream or sys.stderr, flush=True)
             if cfg.eval_interval and step % cfg.eval_interval == 0:
                 val_loss = record["val_loss"] = evaluate(model, cfg, env, plan.stage.seq_len, plan.micro_batch)
             if step % cfg.log_every == 0 or step == total_steps or warning or "val_loss" in record:
