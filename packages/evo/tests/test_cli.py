@@ -12,6 +12,7 @@ from shusheng.evo.cli import main
     ("micro_batch=0", "micro_batch must be >= 1"),
     ("data.packing=zigzag", "data.packing must be 'documents' or 'concat'"),
     ("global_batch_tokens=100", "global_batch_tokens (100) must be a multiple"),
+    ("compile=true", "compile=true with data.packing=documents needs a compilable varlen attention kernel"),
 ])
 def test_bad_config_is_one_line_and_exit_2(write_config, corpus, tmp_path, capsys, override, match):
     cfg = write_config(tmp_path / "c.yaml", corpus)

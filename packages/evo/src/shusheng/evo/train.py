@@ -25,9 +25,10 @@ import torch.distributed as dist
 import yaml
 from torch.distributed.tensor import DTensor
 
-from shusheng.model.attention import cu_seqlens_from_lengths, varlen_attention
+from shusheng.model.attention import available_varlen_impls, cu_seqlens_from_lengths, varlen_attention
 from shusheng.model.training import (
     CheckpointManager,
+    ConfigError,
     LossGuard,
     MetricsLogger,
     Progress,
@@ -83,6 +84,18 @@ def attention_for(batch: Batch, cfg: TrainConfig, device: torch.device):
     return varlen_attention(cu, batch.input_ids.shape[1], impl=cfg.data.varlen_impl, dtype=dtype, device=device)
 
 
+def _check_compile(cfg: TrainConfig, env: Env) -> None:
+    """Compiled blocks need a varlen kernel that compiles (torch_varlen, flex); the CPU fallback loops in Python."""
+    if not (cfg.compile and cfg.data.packing == "documents"):
+        return
+    dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32
+    impl = cfg.data.varlen_impl if cfg.data.varlen_impl != "auto" else available_varlen_impls(env.device, dtype)[0]
+    if impl == "sdpa_loop":
+        raise ConfigError(f"compile=true with data.packing=documents needs a compilable varlen attention kernel "
+                          f"(torch_varlen or flex, on CUDA); on {env.device.type} set compile=false or "
+                          "data.packing=concat")
+
+
 def _forward_loss(model, batch: Batch, cfg: TrainConfig, env: Env) -> torch.Tensor:
     pin = env.device.type == "cuda"
     ids, labels = (t.pin_memory().to(env.device, non_blocking=True) if pin else t
@@ -134,6 +147,7 @@ def evaluate(model, cfg: TrainConfig, env: Env, seq_len: int, micro_batch: int) 
 def train(cfg: TrainConfig, log_stream=None) -> RunResult:
     """Run (or resume) the training described by `cfg`. Collective: every rank calls it."""
     env = setup(cfg)
+    _check_compile(cfg, env)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output)
     plans = plan_stages(cfg, env.dp)
