@@ -14,7 +14,6 @@ process with accumulation and N processes give the same updates.
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import yaml
 from torch.distributed.tensor import DTensor
 
 from shusheng.model.attention import available_varlen_impls, cu_seqlens_from_lengths, varlen_attention
+from shusheng.model.fileio import write_json, write_text
 from shusheng.model.training import (
     CheckpointManager,
     ConfigError,
@@ -167,7 +167,7 @@ def train(cfg: TrainConfig, log_stream=None) -> RunResult:
         stream.load_state_dict(state["data"])
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     device_name, peak = peak_flops(env.device)
     logger = MetricsLogger(out / "metrics.jsonl", resume_step=step if latest else None,
                            tensorboard_dir=out / "tensorboard" if cfg.tensorboard else None, enabled=env.is_main)
@@ -256,7 +256,7 @@ def train(cfg: TrainConfig, log_stream=None) -> RunResult:
         plot_loss_curve(records, out / "loss.png", title=f"{cfg.model.preset or cfg.model.checkpoint}")
         summary = {"step": step, "loss": loss, "val_loss": val_loss, "tokens": tokens_seen, "device": device_name,
                    "checkpoint": str(ckpt.latest())}
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(out / "summary.json", summary)
     logger.close()
     if env.distributed:
         dist.barrier()

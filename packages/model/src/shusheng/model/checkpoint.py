@@ -12,10 +12,7 @@ Writes go to a temporary folder that is renamed into place when complete, so a c
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +22,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from .config import ModelConfig
+from .fileio import atomic_dir
 from .model import Transformer
 
 SAVE_FORMATS = ("internlm2", "llama", "qwen2", "mistral")
@@ -264,9 +262,7 @@ def save_pretrained(
     hf = to_hf_state_dict(sd, cfg, format)
     config = cfg.to_hf(format)
     config["torch_dtype"] = str(next(iter(hf.values())).dtype).removeprefix("torch.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         _write_weights(hf, tmp, _parse_size(max_shard_size))
         gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
         gen.update(generation_config or {})
@@ -274,10 +270,6 @@ def save_pretrained(
         _write_json(tmp / "generation_config.json", gen)
         if tokenizer is not None:
             tokenizer.save(tmp)
-        _replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
@@ -297,17 +289,3 @@ def _write_weights(hf: dict[str, Tensor], folder: Path, max_bytes: int) -> None:
 
 def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-
-
-def _replace_dir(tmp: Path, path: Path) -> None:
-    """Move the finished `tmp` folder to `path`, replacing an old checkpoint only once the new one is complete."""
-    os.chmod(tmp, 0o755)
-    if not path.exists():
-        os.replace(tmp, path)
-        return
-    if not path.is_dir():
-        raise FileExistsError(f"{path} exists and is not a folder")
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)

@@ -21,6 +21,8 @@ from pathlib import Path
 import sentencepiece as spm
 import tokenizers
 
+from .fileio import write_bytes
+
 # InternLM2 stores its chat tokens under placeholder names; order matches ids 92538..92543.
 INTERNLM2_SPECIALS = {
     92538: ("[UNUSED_TOKEN_141]", "<|plugin|>"),
@@ -157,8 +159,8 @@ class Tokenizer:
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(folder / self.file_name, self._raw)
-        _atomic_write(folder / CONFIG_NAME, json.dumps(self._config(), ensure_ascii=False, indent=2).encode())
+        write_bytes(folder / self.file_name, self._raw)
+        write_bytes(folder / CONFIG_NAME, json.dumps(self._config(), ensure_ascii=False, indent=2).encode())
 
     def _config(self) -> dict:
         def text(token_id):
@@ -398,9 +400,3 @@ def _jinja_template(value) -> str | None:
     if isinstance(value, list):
         value = next((t.get("template") for t in value if t.get("name") == "default"), None)
     return value if isinstance(value, str) else None
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)  # readers never see a half-written file

@@ -1,47 +1,16 @@
-"""Never lose data: outputs are written under a temporary name beside their destination and renamed when complete."""
+"""Never lose data: outputs are written under a temporary name beside their destination and renamed when complete.
+
+Folders and text/JSON files use `shusheng.model.fileio` (shared with checkpoints and evo); this adds safetensors.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
+from shusheng.model.fileio import atomic_dir, write_json, write_text
 
-@contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yields a fresh temporary folder beside `path`; on success it replaces `path` (an old folder is removed only
-    after the new one is in place), on error it is deleted and `path` is untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o755)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    """Writes a text file atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+__all__ = ["atomic_dir", "save_tensors", "write_json", "write_text"]
 
 
 def save_tensors(path: str | Path, tensors: dict) -> Path:
@@ -53,8 +22,3 @@ def save_tensors(path: str | Path, tensors: dict) -> Path:
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata={"format": "pt"})
     os.replace(tmp, path)
     return path
-
-
-def write_json(path: str | Path, obj: Any) -> Path:
-    """Writes a JSON file atomically (indented, UTF-8)."""
-    return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
