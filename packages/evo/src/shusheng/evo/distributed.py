@@ -1,14 +1,12 @@
 """Process group, device mesh and the model build + parallelize step for one run.
 
-Launched by `torchrun` (RANK / WORLD_SIZE / LOCAL_RANK set) the run joins that group (NCCL on GPUs, gloo on CPU).
-A plain single process on a GPU also gets a one-rank group, so bf16 mixed precision with fp32 master weights always
-goes through FSDP2's policy; a single CPU process runs the model as is (the path the bitwise tests use).
+Launched by `torchrun` the run joins that group (`shusheng.model.training.distributed.setup_process`). A plain single
+process on a GPU also gets a one-rank group, so bf16 mixed precision with fp32 master weights always goes through
+FSDP2's policy; a single CPU process runs the model as is (the path the bitwise tests use).
 """
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +16,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from shusheng.model import ModelConfig, Transformer, build_model, load_pretrained
 from shusheng.model.parallel import apply_ac, apply_compile, apply_fsdp, apply_tp
 from shusheng.model.training import ConfigError
+from shusheng.model.training.distributed import setup_process
 
 from .config import TrainConfig
 
@@ -40,31 +39,14 @@ class Env:
         return self.mesh is not None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def setup(cfg: TrainConfig) -> Env:
     """Join (or make) the process group and build the mesh (dp_replicate, dp_shard, tp)."""
     want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if want_cuda and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is visible")
-    launched = "WORLD_SIZE" in os.environ
-    if want_cuda:
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    else:
-        device = torch.device("cpu")
-    if not launched and not want_cuda:
+    rank, world, device, grouped = setup_process("cuda" if want_cuda else "cpu", group_alone=want_cuda)
+    if not grouped:
         return Env(0, 1, device, 1, 0, None)
-    if not launched:  # one GPU without torchrun: a one-rank group
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1")
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if want_cuda else "gloo", device_id=device if want_cuda else None)
-    rank, world = dist.get_rank(), dist.get_world_size()
     tp = cfg.parallel.tp
     if world % tp:
         raise ConfigError(f"parallel.tp ({tp}) must divide the number of processes ({world})")

@@ -7,7 +7,6 @@ NCCL on GPUs, gloo on CPU (what the tests use). Parameters are sharded per block
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +16,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from shusheng.model import Transformer
 from shusheng.model.parallel import apply_fsdp
+from shusheng.model.training.distributed import setup_process
 
 
 @dataclass
@@ -51,21 +51,9 @@ def setup(device: str = "auto", fsdp_alone: bool = False) -> Dist:
         fsdp_alone: also shard with FSDP2 when running alone, over a one-process group. Full fine-tuning in bf16
             needs it: FSDP2's mixed precision keeps fp32 master weights and computes with bf16 copies of them.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-    if dev.type == "cuda":
-        dev = torch.device("cuda", local if world > 1 else (dev.index or 0))
-        torch.cuda.set_device(dev)
-    if world == 1 and not fsdp_alone:
+    rank, world, dev, grouped = setup_process(device, group_alone=fsdp_alone)
+    if not grouped:
         return Dist(0, 1, dev, None)
-    if not dist.is_initialized():
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-        if world == 1:  # a process group of one, with an in-memory store: no torchrun, no ports
-            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-        else:
-            dist.init_process_group(backend)
     return Dist(rank, world, dev, init_device_mesh(dev.type, (world,)))
 
 
