@@ -200,7 +200,7 @@ class AsyncEngine:
         elif item[0] == "abort":
             out = self.engine.abort(item[1])
             if out is not None:
-                self._deliver(out)
+                self._deliver_many([out])
 
     def _deliver_many(self, outs: list[RequestOutput]) -> None:
         """A step's outputs: one wake-up per event loop (not one per request), then plain puts inside it."""
@@ -223,16 +223,6 @@ class AsyncEngine:
                     items.append((stream, _END))
         for loop, items in by_loop.items():
             loop.call_soon_threadsafe(_put_all, items)
-
-    def _deliver(self, out: RequestOutput) -> None:
-        with self._lock:
-            stream = self._streams.get(out.request_id)
-            if stream is not None and out.finished:
-                del self._streams[out.request_id]
-        if stream is not None:
-            stream.put(out)
-            if out.finished:
-                stream.put(_END)
 
 
 def _put_all(items: list) -> None:

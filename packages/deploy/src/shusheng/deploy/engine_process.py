@@ -28,7 +28,7 @@ from shusheng.model.tokenizer import load_tokenizer
 
 from .async_engine import AsyncEngine
 from .config import EngineConfig
-from .llm_engine import RequestLimits, encode_prompt
+from .llm_engine import RequestLimits, encode_prompt, prepare_prompt
 from .sampling_params import SamplingParams
 
 
@@ -43,9 +43,7 @@ class EngineFrontend:
         return encode_prompt(self.tokenizer, text)
 
     def prepare_prompt(self, prompt: str | list[int], params: SamplingParams) -> list[int]:
-        ids = self.encode_prompt(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
-        self.limits.check(ids, params)
-        return ids
+        return prepare_prompt(self.tokenizer, self.limits, prompt, params)
 
     def stats(self) -> dict:
         return dict(self.latest_stats)

@@ -33,6 +33,18 @@ def encode_prompt(tokenizer: Tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_bos=add_bos)
 
 
+def prepare_prompt(tokenizer: Tokenizer, limits: RequestLimits, prompt: str | list[int],
+                   params: SamplingParams) -> list[int]:
+    """Token ids of a prompt (text: BOS + its tokens; ids: as given), checked against `limits`.
+
+    Raises:
+        ValueError: the request breaks a limit (the message says which and how to fix it).
+    """
+    ids = encode_prompt(tokenizer, prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+    limits.check(ids, params)
+    return ids
+
+
 @dataclass(frozen=True)
 class RequestLimits:
     """What a request must fit: the vocabulary, the context window and the KV pool (a picklable value, so a
@@ -149,9 +161,7 @@ class LLMEngine:
 
     def prepare_prompt(self, prompt: str | list[int], params: SamplingParams) -> list[int]:
         """Token ids of a prompt, validated against the engine's limits (reads no mutable state: thread-safe)."""
-        ids = self.encode_prompt(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
-        self._check(ids, params)
-        return ids
+        return prepare_prompt(self.tokenizer, self.limits, prompt, params)
 
     def add_prepared(self, request_id: str, text: str | None, ids: list[int], params: SamplingParams) -> None:
         if request_id in self.requests:
@@ -166,9 +176,6 @@ class LLMEngine:
     def encode_prompt(self, text: str) -> list[int]:
         """Token ids of a text prompt: BOS first (unless the text already starts with it), as HF tokenizers do."""
         return encode_prompt(self.tokenizer, text)
-
-    def _check(self, ids: list[int], params: SamplingParams) -> None:
-        self.limits.check(ids, params)
 
     def _choice(self, seq: Sequence, index: int, max_tokens: int) -> _Choice:
         p = seq.params
