@@ -58,10 +58,6 @@ class RunResult:
     output: Path
 
 
-def _stream(paths: list[str], weights: list[float], seq_len: int, seed: int) -> PackedStream:
-    return PackedStream([TokenSource(p) for p in paths], weights, seq_len, seed)
-
-
 def _micro_batches(stream: PackedStream, plan: StagePlan, env: Env, packing: str, step_rows: int) -> list[Batch]:
     """This rank's micro-batches of one step. Every rank walks the whole global batch's plans (lengths only) and
     reads tokens for its own rows: global row index = start + (m * dp + dp_rank) * micro_batch + b."""
@@ -127,11 +123,13 @@ def _grad_norm(model, max_norm: float) -> float:
 
 
 @torch.no_grad()
-def evaluate(model, cfg: TrainConfig, env: Env, seq_len: int, micro_batch: int) -> float | None:
-    """Mean loss over the first `eval_batches` micro-batches per rank of the validation shards."""
-    if not cfg.data.validation:
+def evaluate(model, cfg: TrainConfig, env: Env, val: TokenSource | None, seq_len: int,
+             micro_batch: int) -> float | None:
+    """Mean loss over the first `eval_batches` micro-batches per rank of the validation shards (the same rows every
+    time: a fresh stream over the already-opened `val` source)."""
+    if val is None:
         return None
-    stream = _stream([cfg.data.validation], [1.0], seq_len, cfg.data.seed)
+    stream = PackedStream([val], [1.0], seq_len, cfg.data.seed)
     model.eval()
     loss_sum = targets = 0.0
     for i in range(cfg.eval_batches):
@@ -155,8 +153,9 @@ def train(cfg: TrainConfig, log_stream=None) -> RunResult:
     model = build(cfg, env)
     opt = build_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.eps)
     sched = build_scheduler(opt, cfg.optim.warmup_steps, total_steps, cfg.optim.schedule, cfg.optim.min_lr_ratio)
-    stream = _stream([s.path for s in cfg.data.sources], [s.weight for s in cfg.data.sources], plans[0].stage.seq_len,
-                     cfg.data.seed)
+    stream = PackedStream([TokenSource(s.path) for s in cfg.data.sources], [s.weight for s in cfg.data.sources],
+                          plans[0].stage.seq_len, cfg.data.seed)
+    val = TokenSource(cfg.data.validation) if cfg.data.validation else None  # opened once, read at every evaluation
     ckpt = CheckpointManager(cfg.checkpoint.folder or out / "checkpoints", cfg.checkpoint.keep)
 
     step, tokens_seen, rows_seen = 0, 0, 0
@@ -237,7 +236,7 @@ def train(cfg: TrainConfig, log_stream=None) -> RunResult:
                 if env.is_main:
                     print(f"warning: {warning}", file=log_stream or sys.stderr, flush=True)
             if cfg.eval_interval and step % cfg.eval_interval == 0:
-                val_loss = record["val_loss"] = evaluate(model, cfg, env, plan.stage.seq_len, plan.micro_batch)
+                val_loss = record["val_loss"] = evaluate(model, cfg, env, val, plan.stage.seq_len, plan.micro_batch)
             if step % cfg.log_every == 0 or step == total_steps or warning or "val_loss" in record:
                 logger.log(record)
             progress.update(step, loss=loss, lr=lr, **({"mfu": f"{record['mfu']:.1%}"} if record["mfu"] else {}))
@@ -247,7 +246,7 @@ def train(cfg: TrainConfig, log_stream=None) -> RunResult:
     if loss is not None or latest is not None:
         if step == total_steps and not (cfg.eval_interval and step % cfg.eval_interval == 0) and cfg.data.validation:
             last = plans[-1]
-            val_loss = evaluate(model, cfg, env, last.stage.seq_len, last.micro_batch)
+            val_loss = evaluate(model, cfg, env, val, last.stage.seq_len, last.micro_batch)
             logger.log({"step": step, "val_loss": val_loss})
         if cfg.checkpoint.at_end and (ckpt.latest() is None or ckpt.latest().name != f"step-{step:08d}"):
             save(step)
