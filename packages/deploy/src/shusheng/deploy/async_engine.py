@@ -90,12 +90,16 @@ class AsyncEngine:
     def __init__(self, engine: LLMEngine):
         self.engine = engine
         self._inbox: queue.Queue = queue.Queue()
+        self._stopped = threading.Event()
+        self._start(self._loop, "shusheng-engine")
+
+    def _start(self, target, name: str) -> None:
+        """The request registry, then the background thread that feeds it (the engine loop, or a pipe reader)."""
         self._streams: dict[str, RequestStream] = {}
         self._ids = 0
         self._lock = threading.Lock()
-        self._stopped = threading.Event()
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._loop, name="shusheng-engine", daemon=True)
+        self._thread = threading.Thread(target=target, name=name, daemon=True)
         self._thread.start()
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,

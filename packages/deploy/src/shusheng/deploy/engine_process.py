@@ -120,16 +120,11 @@ class ProcessAsyncEngine(AsyncEngine):
         if msg[0] != "ready":
             raise RuntimeError(f"the engine failed to start: {msg[1]}")
         self.engine = EngineFrontend(tokenizer, msg[1], msg[2])
-        self._streams = {}
-        self._ids = 0
-        self._lock = threading.Lock()
         self._send_lock = threading.Lock()
-        self.error = None
         self._calls: dict[int, concurrent.futures.Future] = {}
         self._call_ids = itertools.count()
         self._stopping = False
-        self._thread = threading.Thread(target=self._read, name="shusheng-engine-reader", daemon=True)
-        self._thread.start()
+        self._start(self._read, "shusheng-engine-reader")
 
     def _submit(self, item: tuple) -> None:
         if self.error is not None:
