@@ -136,14 +136,7 @@ class CheckpointManager:
         if not (path / ".metadata").is_file():
             raise FileNotFoundError(f"{path} is not a complete checkpoint (no .metadata); pick one of "
                                     f"{[p.name for p in self.checkpoints()]}")
-        app = _app_state(model, optimizer)
-        _dcp(dcp.load, app, path)
-        opts = StateDictOptions(strict=True)
-        if optimizer is not None:
-            set_state_dict(model, optimizer, model_state_dict=app["model"], optim_state_dict=app["optim"],
-                           options=opts)
-        else:
-            set_state_dict(model, [], model_state_dict=app["model"], optim_state_dict={}, options=opts)
+        _load_app(path, model, optimizer)
         extra = torch.load(path / "trainer_state.pt", weights_only=False)
         if scheduler is not None and extra.get("scheduler") is not None:
             scheduler.load_state_dict(extra["scheduler"])
@@ -161,8 +154,14 @@ def _app_state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dic
     return {"model": msd, "optim": osd}
 
 
+def _load_app(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+    """Read the model (and optimizer) state of a DCP checkpoint, resharded to this job, into the live objects."""
+    app = _app_state(model, optimizer)
+    _dcp(dcp.load, app, path)
+    set_state_dict(model, optimizer if optimizer is not None else [], model_state_dict=app["model"],
+                   optim_state_dict=app.get("optim", {}), options=StateDictOptions(strict=True))
+
+
 def load_model_weights(path: str | Path, model: nn.Module) -> None:
     """Load only the model weights of a DCP checkpoint into `model` (e.g. one process, for export)."""
-    app = {"model": get_state_dict(model, [])[0]}
-    _dcp(dcp.load, app, path)
-    set_state_dict(model, [], model_state_dict=app["model"], optim_state_dict={})
+    _load_app(Path(path), model, None)
