@@ -21,6 +21,25 @@ from shusheng.deploy.bench import synthetic_tokenizer_file
 from shusheng.model import ModelConfig, load_tokenizer
 
 
+def count_syncs(engine: LLMEngine) -> list[str]:
+    """Messages of the synchronizing CUDA calls made by ten engine steps, one of them with a new prompt's prefill
+    (reading the sampled tokens back through the step's CUDA event is the one intended wait, and is not one)."""
+    import warnings
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for i in range(10):
+                if i == 3:
+                    engine.add_request(list(range(5, 300)), SamplingParams(max_tokens=4, temperature=0.0))
+                engine.step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--preset", default="internlm2-1.8b")
@@ -55,6 +74,9 @@ def main() -> int:
     plain = (time.perf_counter() - t0) / args.steps
     print(f"{args.preset} batch {args.batch}: {plain * 1e3:.2f} ms/step ({dt * 1e3:.2f} under the profiler); "
           f"CUDA graph replays in the {args.steps} profiled steps: {replays}")
+    syncs = count_syncs(engine)
+    print(f"host-device syncs inside step() (torch.cuda sync debug mode), 10 steps incl. a prefill: {len(syncs)}"
+          + "".join(f"\n  {m}" for m in syncs[:3]))
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
     print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15, max_name_column_width=60))
     return 0

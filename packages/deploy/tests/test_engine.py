@@ -192,3 +192,53 @@ def test_max_tokens_none_stops_at_the_context_window(tiny_ckpt):
     eng = engine(tiny_ckpt, max_model_len=32)
     out = eng.generate([prompts_of([20], seed=12)[0]], SamplingParams(max_tokens=None, **GREEDY))[0].outputs[0]
     assert len(out.token_ids) == 12 and out.finish_reason == "length"
+
+
+def test_overlapped_steps_equal_one_step_at_a_time(tiny_ckpt):
+    """async_scheduling (a step's tokens read back after the next step is launched) changes no output: seeded
+    sampling with n=3, stop strings, logprobs, preemption in a small pool, and a request that stops early."""
+    prompts = prompts_of([20, 25, 9, 30], seed=7)
+    params = [SamplingParams(max_tokens=14, temperature=0.9, top_p=0.9, seed=11, n=3),
+              SamplingParams(max_tokens=16, logprobs=2, **GREEDY),
+              SamplingParams(max_tokens=12, temperature=0.7, top_k=20, seed=3, stop=["ab"]),
+              SamplingParams(max_tokens=3, **GREEDY)]
+
+    def run(async_scheduling):
+        eng = engine(tiny_ckpt, num_kv_blocks=6, async_scheduling=async_scheduling)
+        outs = eng.generate(prompts, params)
+        assert eng.block_manager.num_free_blocks == eng.block_manager.num_blocks
+        assert eng.scheduler.num_preemptions > 0
+        return [[(c.token_ids, c.text, c.finish_reason, c.logprobs) for c in o.outputs] for o in outs]
+
+    overlapped, serial = run(True), run(False)
+    assert [[c[:3] for c in o] for o in overlapped] == [[c[:3] for c in o] for o in serial]
+    lp = [[(e["logprob"], *(x for _, x in e["top"])) for e in c[3]] for c in (overlapped[1][0], serial[1][0])]
+    assert [e["top"][0][0] for e in overlapped[1][0][3]] == overlapped[1][0][0]  # greedy: the top choice
+    torch.testing.assert_close(torch.tensor(lp[0]), torch.tensor(lp[1]))  # batch shapes differ: float noise
+    eng = engine(tiny_ckpt)
+    eng.add_request(prompts[0], SamplingParams(max_tokens=5, **GREEDY))
+    assert eng.step() == []  # the prefill's token is read back by the next call
+    assert eng.has_unfinished() and eng._inflight is not None
+
+
+def test_final_only_text_equals_streamed_text(tiny_ckpt):
+    """step(final_only=True) detokenizes a request without stop strings once at its end: the same text, token ids
+    and finish reasons as detokenizing token by token (eos stops, length stops, the stop token's text kept)."""
+    prompts = prompts_of([12, 30, 7, 21, 16], seed=9)
+    params = [SamplingParams(max_tokens=40, temperature=1.0, seed=s, skip_special_tokens=s % 2 == 0,
+                             stop_token_ids=list(range(3, 80)) if s in (1, 3) else [], min_tokens=2 * (s == 3),
+                             include_stop_str_in_output=s == 3) for s in range(5)]
+
+    def finals(final_only):
+        eng = engine(tiny_ckpt)
+        ids = [eng.add_request(p, sp) for p, sp in zip(prompts, params, strict=True)]
+        done = {}
+        while eng.has_unfinished():
+            for out in eng.step(final_only=final_only):
+                if out.finished:
+                    done[out.request_id] = [(c.text, c.token_ids, c.finish_reason) for c in out.outputs]
+        return [done[i] for i in ids]
+
+    deferred, streamed = finals(True), finals(False)
+    assert deferred == streamed
+    assert {c[2] for o in streamed for c in o} == {"stop", "length"}

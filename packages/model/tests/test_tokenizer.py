@@ -1,6 +1,7 @@
 """Tokenizer tests: the real InternLM2 SentencePiece model (from ../shared/data) and a tiny HF BPE built here."""
 
 import json
+import random
 
 import pytest
 from tokenizers import Tokenizer as HFRaw
@@ -94,6 +95,25 @@ def test_internlm2_detokenizer_holds_partial_characters(tok):
     assert ids == [243, 162, 155, 131]  # byte-fallback pieces <0xF0> <0x9F> <0x98> <0x80>
     assert _stream(tok, ids) == (["", "", "", "😀"], "")
     assert _stream(tok, ids[:2]) == (["", ""], "\ufffd\ufffd")  # flush gives what is left, as decode would
+
+
+@pytest.mark.parametrize("text", [*TEXTS, "a😀b 你好😀😀 c"])
+def test_internlm2_detokenizer_add_many_equals_add(tok, text):
+    """After the same ids, chunks added at once have released exactly the text single adds have (partial
+    characters held back the same way)."""
+    ids = tok.encode(text, add_bos=True)
+    single = IncrementalDetokenizer(tok)
+    released = [""]
+    for i in ids:
+        released.append(released[-1] + single.add(i))
+    rng = random.Random(len(ids))
+    many, got, n = IncrementalDetokenizer(tok), "", 0
+    while n < len(ids):
+        k = rng.randint(1, 5)
+        got += many.add_many(ids[n : n + k])
+        n = min(n + k, len(ids))
+        assert got == released[n]
+    assert got + many.flush() == tok.decode(ids)
 
 
 def test_internlm2_detokenizer_decodes_short_windows(tok, monkeypatch):

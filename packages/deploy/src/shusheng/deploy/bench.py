@@ -56,7 +56,7 @@ def run_offline(engine: LLMEngine, requests: list[tuple[list[int], int]]) -> dic
     """Run every request to completion; time it end to end."""
     if engine.runner.device.type == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0, wait0 = time.perf_counter(), engine.gpu_wait_s
     for prompt, n_out in requests:
         engine.add_request(prompt, SamplingParams(max_tokens=n_out, ignore_eos=True, temperature=0.0))
     produced = 0
@@ -68,7 +68,9 @@ def run_offline(engine: LLMEngine, requests: list[tuple[list[int], int]]) -> dic
     dt = time.perf_counter() - t0
     return {"seconds": dt, "requests": len(requests), "requests_per_s": len(requests) / dt,
             "output_tokens": produced, "output_tokens_per_s": produced / dt,
-            "input_tokens": sum(len(p) for p, _ in requests), "preemptions": engine.scheduler.num_preemptions}
+            "input_tokens": sum(len(p) for p, _ in requests), "preemptions": engine.scheduler.num_preemptions,
+            # share of the time the host sat waiting for the device: near 0 means the host was the bottleneck
+            "gpu_wait_share": (engine.gpu_wait_s - wait0) / dt}
 
 
 def measure_ceilings(device: torch.device | str = "cuda") -> dict:

@@ -24,6 +24,10 @@ class EngineConfig:
         enforce_eager: never capture CUDA graphs for decode steps.
         max_graph_batch_size: the largest decode batch captured as a CUDA graph.
         seed: seed of the global sampling RNG (per-request seeds are separate).
+        async_scheduling: overlap the host's work on a step's results (detokenizing, stop checks, outputs) with
+            the next step on the device: the next step is scheduled and launched first, reading the tokens just
+            sampled straight from device memory. Steps with penalties or prompt logprobs still run one at a
+            time.
     """
 
     model: str = ""
@@ -40,6 +44,7 @@ class EngineConfig:
     enforce_eager: bool = False
     max_graph_batch_size: int = 256
     seed: int = 0
+    async_scheduling: bool = True
 
     def __post_init__(self):
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "max_graph_batch_size"):

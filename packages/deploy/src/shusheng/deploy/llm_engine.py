@@ -17,12 +17,12 @@ from shusheng.model.tokenizer import IncrementalDetokenizer, Tokenizer, load_tok
 
 from .block_manager import BlockManager
 from .config import EngineConfig
-from .model_runner import ModelRunner, StepLogits
+from .model_runner import Feed, ModelRunner, StepLogits, to_device
 from .outputs import CompletionOutput, RequestOutput
 from .sampler import Sampler, SamplerOutput, SamplingTensors, make_generator, prompt_logprobs
 from .sampling_params import SamplingParams
-from .scheduler import Scheduler
-from .sequence import Sequence
+from .scheduler import ScheduledBatch, Scheduler
+from .sequence import PENDING, Sequence, Status
 from .stop import StopChecker
 
 
@@ -89,6 +89,7 @@ class _Choice:
     stop: StopChecker
     out: CompletionOutput
     generator: torch.Generator | None = None
+    deferred: list[int] = field(default_factory=list)  # ids whose text is not made yet (see LLMEngine._append)
 
 
 @dataclass
@@ -104,6 +105,54 @@ class _Request:
     @property
     def finished(self) -> bool:
         return len(self.choices) == self.params.n and all(c.out.finished for c in self.choices)
+
+
+def _needs_host_tokens(p: SamplingParams) -> bool:
+    """The next step's sampling reads this sequence's output tokens on the host (penalties)."""
+    return p.repetition_penalty != 1.0 or bool(p.presence_penalty) or bool(p.frequency_penalty)
+
+
+class _HostSamples:
+    """A step's samples on their way to the host: copies into pinned memory behind an event (CUDA), or the
+    tensors themselves (CPU)."""
+
+    def __init__(self, sampled: SamplerOutput, logprobs: bool):
+        parts = [sampled.token_ids]
+        if logprobs:
+            parts += [sampled.logprobs] + ([sampled.top_token_ids, sampled.top_logprobs]
+                                           if sampled.top_token_ids is not None else [])
+        self.event = None
+        if parts[0].device.type == "cuda":
+            parts = [_pinned_copy(t) for t in parts]
+            self.event = torch.cuda.Event()
+            self.event.record()
+        self.token_ids = parts[0]
+        self.logprobs = parts[1] if logprobs else None
+        self.top_token_ids, self.top_logprobs = (parts[2], parts[3]) if len(parts) == 4 else (None, None)
+
+    def wait(self) -> _HostSamples:
+        if self.event is not None:
+            self.event.synchronize()
+        return self
+
+
+def _pinned_copy(t: torch.Tensor) -> torch.Tensor:
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    return host.copy_(t, non_blocking=True)
+
+
+@dataclass
+class _Launched:
+    """A step launched on the device, and what reading its samples back needs."""
+
+    batch: ScheduledBatch
+    step: StepLogits
+    choices: list[_Choice]  # one per sampled row
+    positions: list[int]  # where each row's token goes in its sequence's token_ids (a PENDING entry until then)
+    sampled: SamplerOutput | None  # on the device
+    rows: dict[int, int]  # seq_id -> sampled row
+    overlap: bool  # may be read back after the next step is launched
+    host: _HostSamples | None = None
 
 
 class LLMEngine:
@@ -132,6 +181,8 @@ class LLMEngine:
         self.eos_ids = self._eos_ids()
         self.requests: dict[str, _Request] = {}
         self._counter = itertools.count()
+        self._inflight: _Launched | None = None  # the step whose samples are read back in the next step() call
+        self.gpu_wait_s = 0.0  # time the host spent waiting for sampled tokens (~0: the host is the bottleneck)
 
     @classmethod
     def from_path(cls, path: str, **engine_options) -> LLMEngine:
@@ -196,11 +247,17 @@ class LLMEngine:
             if not c.out.finished:
                 self.scheduler.finish(c.seq, "abort")
                 c.out.finish_reason = "abort"
+                if c.deferred:
+                    text = self._deferred_text(c, None)
+                    c.out.text += text
+                    c.out.delta_text += text
         out = self._output(req, req.choices)
         out.finished = True  # also when a request with n > 1 had not forked yet
         return out
 
     def has_unfinished(self) -> bool:
+        """Requests are queued or running (a launched step whose requests are all finished or aborted has nothing
+        left to deliver; the next step() drops it)."""
         return bool(self.requests)
 
     # ---- the step ----
@@ -208,27 +265,74 @@ class LLMEngine:
     def step(self, final_only: bool = False) -> list[RequestOutput]:
         """Schedule, run the model once, sample, and return an output for every request that progressed.
 
+        With `async_scheduling` (the default) a step's sampled tokens are read back while the next step runs: a
+        call launches step N+1 (its pending tokens fed from step N's device memory), then detokenizes and
+        stop-checks step N and returns its outputs. A sequence that stopped at step N has its step N+1 token
+        discarded. Steps whose next inputs need the host's tokens (penalties) or that return prompt logprobs are
+        finished in the call that launches them.
+
         Args:
             final_only: return outputs of finished requests only (offline use: saves building a snapshot of every
                 running request each step).
         """
+        prev, self._inflight = self._inflight, None
         batch = self.scheduler.schedule()
-        if not batch.seqs:
-            return []
-        step = self.runner.run(batch)
+        launched = self._launch(batch, prev) if batch.seqs else None
+        outputs = self._complete(prev, final_only) if prev is not None else []
+        if launched is not None:
+            for seq in launched.batch.seqs:  # the tokens of every computed position are known now
+                if seq.status == Status.RUNNING:
+                    self.block_manager.commit(seq)
+            if launched.overlap:
+                self._inflight = launched
+            else:
+                outputs += self._complete(launched, final_only)
+        return outputs
+
+    def _launch(self, batch: ScheduledBatch, prev: _Launched | None) -> _Launched:
+        """Run the batch and sample on the device; each sampling sequence gets a PENDING token for its sample."""
+        feed = None if prev is None else Feed(prev.sampled.token_ids, prev.rows)
+        step = self.runner.run(batch, feed)
         for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
             seq.num_computed += n
-            self.block_manager.commit(seq)
-        self._prompt_logprobs(step)
         rows, choices = self._sampling_rows(step)
-        touched: dict[str, list[_Choice]] = {}
+        sampled, positions = None, []
         if rows:
-            sampled = self._sample(step.logits[rows], choices)
-            tokens = sampled.token_ids.tolist()  # one device-to-host copy for the whole batch
-            logprobs = sampled.logprobs.tolist() if any(c.out.logprobs is not None for c in choices) else None
+            # n > 1 repeats a row; otherwise every row samples once, in order (no gather)
+            logits = step.logits if len(rows) == len(step.sample_seqs) else \
+                step.logits[to_device(rows, torch.long, step.logits.device)]
+            sampled = self._sample(logits, choices)
+            for c in choices:
+                positions.append(c.seq.num_tokens)
+                c.seq.token_ids.append(PENDING)
+                # the length limit is known now: the scheduler need not run the sequence on its last token
+                c.seq.last_is_pending_final = c.seq.num_output_tokens >= (c.stop.max_tokens or 1 << 62)
+        wants_logprobs = any(c.out.logprobs is not None for c in choices)
+        overlap = (self.config.async_scheduling and not step.prompt_logits and sampled is not None
+                   and not any(_needs_host_tokens(c.seq.params) for c in choices))
+        launched = _Launched(batch, step, choices, positions, sampled,
+                             {c.seq.seq_id: i for i, c in enumerate(choices)}, overlap)
+        if sampled is not None:
+            launched.host = _HostSamples(sampled, wants_logprobs)
+        return launched
+
+    def _complete(self, launched: _Launched, final_only: bool) -> list[RequestOutput]:
+        """Read a launched step's samples back, then detokenize, stop-check and build the outputs."""
+        if launched.step.prompt_logits:
+            self._prompt_logprobs(launched.step)
+        touched: dict[str, list[_Choice]] = {}
+        if launched.host is not None:
+            t0 = time.perf_counter()
+            host = launched.host.wait()
+            self.gpu_wait_s += time.perf_counter() - t0
+            tokens = host.token_ids.tolist()
+            logprobs = host.logprobs.tolist() if host.logprobs is not None else None
             now = time.monotonic()
-            for i, c in enumerate(choices):
-                self._append(c, i, tokens[i], logprobs, sampled)
+            for i, c in enumerate(launched.choices):
+                if c.seq.status == Status.FINISHED:  # stopped at the step before, or aborted
+                    continue
+                c.seq.token_ids[launched.positions[i]] = tokens[i]
+                self._append(c, i, tokens[i], logprobs, host, defer_text=final_only)
                 req = self.requests[c.seq.request_id]
                 req.first_token = req.first_token or now
                 touched.setdefault(req.request_id, []).append(c)
@@ -275,9 +379,14 @@ class LLMEngine:
         gens = {i: c.generator for i, c in enumerate(choices) if c.generator is not None}
         return self.sampler(logits, tensors, gens)
 
-    def _append(self, c: _Choice, row: int, token: int, logprobs: list[float] | None, sampled: SamplerOutput) -> None:
+    def _append(self, c: _Choice, row: int, token: int, logprobs: list[float] | None, sampled: _HostSamples,
+                defer_text: bool = False) -> None:
+        """Adds a sampled token to its choice: logprobs, text, stop checks; finishes the sequence when it stops.
+
+        With `defer_text` (a step whose caller wants finished requests only) a choice without stop strings keeps
+        its ids and detokenizes them in one go when it finishes or its text is next asked for.
+        """
         seq, out = c.seq, c.out
-        seq.token_ids.append(token)
         out.token_ids.append(token)
         out.delta_token_ids.append(token)
         if out.logprobs is not None:
@@ -288,14 +397,34 @@ class LLMEngine:
                                strict=True))
             out.logprobs.append({"token_id": token, "logprob": logprobs[row], "top": top})
         # the checker's token limit already includes what the context window leaves (see add_prepared)
-        text, reason = c.stop.update(token, c.detok.add(token))
-        if reason == "length":  # the detokenizer may still hold the bytes of an unfinished character
-            text += c.detok.flush()
+        if defer_text and not seq.params.stop:  # no stop string reads the text: detokenize when it is wanted
+            c.deferred.append(token)
+            _, reason = c.stop.update(token, "")
+            text = self._deferred_text(c, reason) if reason is not None else ""
+        else:
+            text = self._deferred_text(c, None) if c.deferred else ""
+            delta, reason = c.stop.update(token, c.detok.add(token))
+            text += delta
+            if reason == "length":  # the detokenizer may still hold the bytes of an unfinished character
+                text += c.detok.flush()
         out.text += text
         out.delta_text += text
         if reason is not None:
             out.finish_reason, out.stop_reason = reason, c.stop.stop_reason
             self.scheduler.finish(seq, reason)
+            del seq.token_ids[seq.num_prompt_tokens + len(out.token_ids):]  # a later step's pending token
+
+    @staticmethod
+    def _deferred_text(c: _Choice, reason: str | None) -> str:
+        """The text of a choice's deferred ids (see `_append`), ending as `reason` ends it: a stop token's own text
+        is dropped (unless include_stop_str_in_output), "length" flushes a held-back partial character."""
+        ids, c.deferred = c.deferred, []
+        if reason == "stop" and not c.seq.params.include_stop_str_in_output:
+            text = c.detok.add_many(ids[:-1])
+            c.detok.add(ids[-1])
+            return text
+        text = c.detok.add_many(ids)
+        return text + c.detok.flush() if reason == "length" else text
 
     def _prompt_logprobs(self, step: StepLogits) -> None:
         """Log-probs of the prompt tokens computed this step (chunk by chunk), for requests that asked for them."""

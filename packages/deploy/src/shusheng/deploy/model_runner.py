@@ -8,6 +8,7 @@ token) replay a CUDA graph captured for the next larger batch size, padded rows 
 from __future__ import annotations
 
 import math
+from array import array
 from dataclasses import dataclass, field
 
 import torch
@@ -19,7 +20,13 @@ from .config import EngineConfig
 from .fused_decoder import FusedDecoder
 from .paged_attention import AttentionMetadata, PagedAttention, ops_for
 from .scheduler import ScheduledBatch
-from .sequence import Sequence
+from .sequence import PENDING, Sequence
+
+_ZEROS = array("i", bytes(4 * 4096))
+
+
+def _zeros(n: int) -> array:
+    return _ZEROS[:n] if n <= len(_ZEROS) else array("i", bytes(4 * n))
 
 
 @dataclass
@@ -28,6 +35,24 @@ class StepLogits:
     sample_seqs: list[Sequence]
     # seq_id -> (first position, (m, V) fp32 logits at prompt positions first .. first + m - 1), for prompt logprobs
     prompt_logits: dict[int, tuple[int, Tensor]] = field(default_factory=dict)
+
+
+@dataclass
+class Feed:
+    """Tokens sampled by the step before, still on the device: `tokens[rows[seq_id]]` is that sequence's."""
+
+    tokens: Tensor  # (R,) int64
+    rows: dict[int, int]
+
+
+def to_device(data, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A host list (or CPU tensor) on `device` without a stream sync: a pageable host-to-device copy waits for
+    every kernel queued before it, which would serialize the host with the GPU. Staged through pinned memory
+    (PyTorch's caching host allocator keeps each staging block until its copy has run)."""
+    t = data if isinstance(data, Tensor) else torch.tensor(data, dtype=dtype)
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -138,47 +163,62 @@ class ModelRunner:
         for n in q_lens:
             cu.append(cu[-1] + n)
         return AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
-            block_tables=torch.tensor(tables, dtype=i32, device=dev),
-            context_lens=torch.tensor(ctx_lens, dtype=i32, device=dev),
-            cu_seqlens_q=torch.tensor(cu, dtype=i32, device=dev),
+            slot_mapping=to_device(slots, torch.long, dev),
+            block_tables=to_device(tables, i32, dev),
+            context_lens=to_device(ctx_lens, i32, dev),
+            cu_seqlens_q=to_device(cu, i32, dev),
             max_q_len=max(q_lens),
             max_context_len=max(ctx_lens),
             decode_only=decode_only,
         )
 
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch) -> StepLogits:
-        """Compute the batch's new tokens; return logits for the sequences that reach their end (they sample)."""
+    def run(self, batch: ScheduledBatch, feed: Feed | None = None) -> StepLogits:
+        """Compute the batch's new tokens; return logits for the sequences that reach their end (they sample).
+
+        A sequence whose last token is still `PENDING` (sampled by the step before, not read back yet) takes it
+        from `feed`, on the device.
+        """
         for src, dst in batch.block_copies:  # copy-on-write of shared blocks, before anything writes to them
             for kc, vc in zip(self.k_caches, self.v_caches, strict=True):
                 kc[dst].copy_(kc[src])
                 vc[dst].copy_(vc[src])
         bs = self.block_size
-        ids, pos, slots, tables, ctx, sample_rows, sample_seqs, prompt_rows = [], [], [], [], [], [], [], {}
+        ids, pos, slots, ctx, sample_rows, sample_seqs, prompt_rows = [], [], [], [], [], [], {}
+        fed = []  # (input row, row of feed.tokens)
         width = max(len(s.block_table) for s in batch.seqs)
+        tables = array("i")
         for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
             s = seq.num_computed
             row0 = len(ids)
             ids += seq.token_ids[s : s + n]
+            if ids[-1] == PENDING:
+                fed.append((len(ids) - 1, feed.rows[seq.seq_id]))
+                ids[-1] = 0
             pos += range(s, s + n)
             table = seq.block_table
             slots += [table[p // bs] * bs + p % bs for p in range(s, s + n)]
-            tables.append(table + [0] * (width - len(table)))
+            tables.extend(table)
+            tables.extend(_zeros(width - len(table)))
             ctx.append(s + n)
             if s + n == seq.num_tokens:
                 sample_rows.append(len(ids) - 1)
                 sample_seqs.append(seq)
             if seq.params.prompt_logprobs is not None and s < seq.num_prompt_tokens:
                 prompt_rows[seq.seq_id] = (s, range(row0, row0 + min(n, seq.num_prompt_tokens - s)))
+        tables = torch.frombuffer(tables, dtype=torch.int32).view(len(batch), width)
         decode_only = batch.is_decode_only
         if decode_only and self.graphs and len(batch) <= max(self.graphs):
-            logits = self._replay(ids, pos, slots, tables, ctx)
+            logits = self._replay(ids, pos, slots, tables, ctx, fed, feed)
             return StepLogits(logits, sample_seqs)
         self.attn.meta = self._metadata(slots, tables, batch.num_new_tokens, ctx, decode_only)
         dev = self.device
-        h = self.decoder(torch.tensor(ids, device=dev), torch.tensor(pos, device=dev), self.attn)
-        logits = self.model.output(h[sample_rows]).float()
+        ids = to_device(ids, torch.long, dev)
+        if fed:
+            rows, src = to_device(fed, torch.long, dev).unbind(1)
+            ids[rows] = feed.tokens[src]
+        h = self.decoder(ids, to_device(pos, torch.long, dev), self.attn)
+        logits = self.model.output(h[to_device(sample_rows, torch.long, dev)]).float()
         prompt_logits = {sid: (s, self.model.output(h[r.start : r.stop]).float())
                          for sid, (s, r) in prompt_rows.items()}
         return StepLogits(logits, sample_seqs, prompt_logits)
@@ -217,15 +257,13 @@ class ModelRunner:
     def _capture_graphs(self) -> None:
         top = self._graph_sizes()[-1]
         dev, i32 = self.device, torch.int32
-        # static inputs of the graphs; rows: ids, positions, slots, context lengths (copied to int32 for the kernel)
-        self._g_vec = torch.zeros(4, top, dtype=torch.long, device=dev)
+        # static inputs of the graphs; rows: ids, positions, slots, context lengths (copied to int32 for the
+        # kernel), rows of the fed tokens
+        self._g_vec = torch.zeros(5, top, dtype=torch.long, device=dev)
         self._g_ids, self._g_pos, self._g_slots = self._g_vec[0], self._g_vec[1], self._g_vec[2]
         self._g_slots.fill_(-1)
         self._g_ctx = torch.ones(top, dtype=i32, device=dev)
         self._g_tables = torch.zeros(top, self.max_blocks_per_seq, dtype=i32, device=dev)
-        # pinned host staging: one asynchronous copy per step instead of several synchronous ones
-        self._h_vec = torch.zeros(4, top, dtype=torch.long).pin_memory()
-        self._h_tables = torch.zeros(top, self.max_blocks_per_seq, dtype=i32).pin_memory()
         cu = torch.arange(top + 1, dtype=i32, device=dev)
         pool = None
         for size in reversed(self._graph_sizes()):  # largest first, so smaller graphs reuse its memory pool
@@ -248,17 +286,22 @@ class ModelRunner:
             self.graphs[size] = (graph, out)
         torch.cuda.synchronize(dev)
 
-    def _replay(self, ids, pos, slots, tables, ctx) -> Tensor:
+    def _replay(self, ids, pos, slots, tables: Tensor, ctx, fed, feed: Feed | None) -> Tensor:
         B = len(ids)
         size = next(s for s in sorted(self.graphs) if s >= B)
         graph, out = self.graphs[size]
         pad = size - B  # padded rows: token 0 at position 0, written nowhere, attending to one slot
-        self._h_vec[:, :size] = torch.tensor([ids + [0] * pad, pos + [0] * pad, slots + [-1] * pad, ctx + [1] * pad])
-        self._g_vec[:, :size].copy_(self._h_vec[:, :size], non_blocking=True)
+        src = [-1] * size  # row of feed.tokens for a pending token
+        for row, j in fed:
+            src[row] = j
+        # fresh pinned staging each step: a persistent buffer could be overwritten before its last copy ran
+        self._g_vec[:, :size].copy_(to_device([ids + [0] * pad, pos + [0] * pad, slots + [-1] * pad, ctx + [1] * pad,
+                                               src], torch.long, self.device))
         self._g_ctx[:size].copy_(self._g_vec[3, :size])
-        width = len(tables[0])
-        self._h_tables[:B, :width] = torch.tensor(tables, dtype=torch.int32)
-        self._g_tables[:B, :width].copy_(self._h_tables[:B, :width], non_blocking=True)
+        if fed:  # the tokens sampled by the step before, without a round trip through the host
+            g_src = self._g_vec[4, :size]
+            self._g_ids[:size] = torch.where(g_src >= 0, feed.tokens[g_src.clamp(min=0)], self._g_ids[:size])
+        self._g_tables[:B, : tables.shape[1]].copy_(to_device(tables, torch.int32, self.device))
         graph.replay()
         self.graph_replays += 1
         return out[:B].float()

@@ -57,6 +57,9 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
+            if seq.last_is_pending_final:  # finishes when its last token is read back: nothing to compute
+                i += 1
+                continue
             n = min(seq.num_tokens - seq.num_computed, budget)
             while not self.bm.allocate(seq, n):
                 victim = self.running.pop()  # the most recently admitted

@@ -11,6 +11,8 @@ if TYPE_CHECKING:
 
 _ids = itertools.count()
 
+PENDING = -1  # token id of a sampled token still on its way from the device (see LLMEngine: overlapped steps)
+
 
 class Status(Enum):
     WAITING = auto()
@@ -42,6 +44,7 @@ class Sequence:
         self.prompt_logprobs: list[dict | None] = []
         self.forked = params.n == 1  # a request with n > 1 forks at its first sample
         self.num_preemptions = 0
+        self.last_is_pending_final = False  # the PENDING last token is its final one (the length limit)
 
     @property
     def num_tokens(self) -> int:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import weakref
 from pathlib import Path
 
 import sentencepiece as spm
@@ -289,9 +290,10 @@ class HFTokenizer(Tokenizer):
         return [self.bos_id, *ids] if add_bos and self.bos_id is not None else ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is out of range (vocab_size={self.vocab_size})")
+        V = self.vocab_size  # once: each read is a call into the Rust tokenizer
+        if ids and not (0 <= min(ids) and max(ids) < V):
+            bad = next(i for i in ids if not 0 <= i < V)
+            raise ValueError(f"token id {bad} is out of range (vocab_size={V})")
         if skip_special_tokens:
             ids = [i for i in ids if not self.is_special(i)]
         return self.tok.decode(ids, skip_special_tokens=False)
@@ -368,19 +370,43 @@ class IncrementalDetokenizer:
         self.ids.append(token_id)
         return self._emit(final=False)
 
+    def add_many(self, token_ids: list[int]) -> str:
+        """Adds several ids with one decode (instead of one per id); returns the newly completed text, the same
+        as the concatenated results of `add` for each id would be by the last of them."""
+        if not token_ids:
+            return ""
+        self.ids.extend(token_ids)
+        return self._emit(final=False)
+
     def flush(self) -> str:
         """Returns whatever text is still held back (an incomplete character decodes as U+FFFD)."""
         return self._emit(final=True)
 
     def _emit(self, final: bool) -> str:
-        text = self.tokenizer.decode(self.ids[self._prefix :], self.skip_special_tokens)
-        if not final and text.endswith("\ufffd"):
-            return ""
+        end = len(self.ids)
+        while True:  # a window ending inside a character emits up to the character's first token
+            text = self.tokenizer.decode(self.ids[self._prefix : end], self.skip_special_tokens)
+            if final or not text.endswith("\ufffd"):
+                break
+            end -= 1
+            if end <= self._read:
+                return ""
         delta = text[len(self._prefix_text) :]
-        self._prefix, self._read = self._read, len(self.ids)
+        self._prefix, self._read = self._read, end
         # Decoded on its own, not sliced from `text`: decoders may strip a leading space at a window start.
-        self._prefix_text = self.tokenizer.decode(self.ids[self._prefix : self._read], self.skip_special_tokens)
+        window = self.ids[self._prefix : self._read]
+        if len(window) == 1:  # the common case: one token's text, cached per tokenizer
+            cache = _single_token_text.setdefault(self.tokenizer, {})
+            key = (window[0], self.skip_special_tokens)
+            if key not in cache:
+                cache[key] = self.tokenizer.decode(window, self.skip_special_tokens)
+            self._prefix_text = cache[key]
+        else:
+            self._prefix_text = self.tokenizer.decode(window, self.skip_special_tokens)
         return delta
+
+
+_single_token_text: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> {(id, skip): text}
 
 
 def _read_config(path: Path) -> dict:
