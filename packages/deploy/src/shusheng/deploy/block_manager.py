@@ -93,6 +93,10 @@ class BlockManager:
 
         Returns False, changing nothing, when the free pool is too small.
         """
+        table = seq.block_table
+        if not cached and num_new_tokens == 1 and seq.num_computed < len(table) * self.block_size \
+                and self.blocks[table[seq.num_computed // self.block_size]].ref_count == 1:
+            return True  # a decode step into its own block's free slot (the common case, checked first)
         start = len(cached) * self.block_size if cached else seq.num_computed
         table_len = len(seq.block_table) + len(cached)
         new_blocks = max(0, self.blocks_needed(start + num_new_tokens) - table_len)

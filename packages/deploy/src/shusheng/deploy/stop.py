@@ -73,6 +73,10 @@ class StopChecker:
             self.stop_reason = token_id if token_id in self.params.stop_token_ids else None
             self._text += text_delta if self.params.include_stop_str_in_output else ""
             return self._finish("stop", len(self._text))
+        if not text_delta and not self.params.stop:  # nothing to scan or release (deferred text, partial chars)
+            if self.max_tokens is not None and self.num_tokens >= self.max_tokens:
+                return self._finish("length", len(self._text))
+            return "", None
         end = self._append(text_delta, may_stop)
         if self.finished:
             return self._release(end), self.finish_reason
