@@ -88,8 +88,13 @@ class _Choice:
     detok: IncrementalDetokenizer
     stop: StopChecker
     out: CompletionOutput
+    request: _Request
+    max_tokens: int  # output tokens at most (the length limit the stop checker applies)
     generator: torch.Generator | None = None
     deferred: list[int] = field(default_factory=list)  # ids whose text is not made yet (see LLMEngine._append)
+
+    def __post_init__(self):
+        self.seq.choice = self
 
 
 @dataclass
@@ -220,7 +225,7 @@ class LLMEngine:
         max_tokens = params.max_tokens if params.max_tokens is not None else self.max_model_len - len(ids)
         req = _Request(request_id, text, ids, params)
         seq = Sequence(request_id, ids, params)
-        req.choices.append(self._choice(seq, 0, max_tokens))
+        req.choices.append(self._choice(req, seq, 0, max_tokens))
         self.requests[request_id] = req
         self.scheduler.add(seq)
 
@@ -228,13 +233,16 @@ class LLMEngine:
         """Token ids of a text prompt: BOS first (unless the text already starts with it), as HF tokenizers do."""
         return encode_prompt(self.tokenizer, text)
 
-    def _choice(self, seq: Sequence, index: int, max_tokens: int) -> _Choice:
+    def _choice(self, req: _Request, seq: Sequence, index: int, max_tokens: int) -> _Choice:
         p = seq.params
+        stop = StopChecker(p, self.eos_ids, max_tokens=max_tokens)
         return _Choice(
             seq=seq,
             detok=IncrementalDetokenizer(self.tokenizer, skip_special_tokens=p.skip_special_tokens),
-            stop=StopChecker(p, self.eos_ids, max_tokens=max_tokens),
+            stop=stop,
             out=CompletionOutput(index=index, logprobs=[] if p.logprobs is not None else None),
+            request=req,
+            max_tokens=stop.max_tokens,
             generator=make_generator(p.seed + index, self.runner.device) if p.seed is not None else None,
         )
 
@@ -280,8 +288,10 @@ class LLMEngine:
         launched = self._launch(batch, prev) if batch.seqs else None
         outputs = self._complete(prev, final_only) if prev is not None else []
         if launched is not None:
-            for seq in launched.batch.seqs:  # the tokens of every computed position are known now
-                if seq.status == Status.RUNNING:
+            bs = self.block_manager.block_size
+            for seq, n in zip(launched.batch.seqs, launched.batch.num_new_tokens, strict=True):
+                # the tokens of every computed position are known now; a decode fills a block at its last slot
+                if seq.status == Status.RUNNING and (n > 1 or seq.num_computed % bs == 0):
                     self.block_manager.commit(seq)
             if launched.overlap:
                 self._inflight = launched
@@ -303,10 +313,12 @@ class LLMEngine:
                 step.logits[to_device(rows, torch.long, step.logits.device)]
             sampled = self._sample(logits, choices)
             for c in choices:
-                positions.append(c.seq.num_tokens)
-                c.seq.token_ids.append(PENDING)
+                seq = c.seq
+                n = len(seq.token_ids)
+                positions.append(n)
+                seq.token_ids.append(PENDING)
                 # the length limit is known now: the scheduler need not run the sequence on its last token
-                c.seq.last_is_pending_final = c.seq.num_output_tokens >= (c.stop.max_tokens or 1 << 62)
+                seq.last_is_pending_final = n + 1 - seq.num_prompt_tokens >= c.max_tokens
         wants_logprobs = any(c.out.logprobs is not None for c in choices)
         overlap = (self.config.async_scheduling and not step.prompt_logits and sampled is not None
                    and not any(_needs_host_tokens(c.seq.params) for c in choices))
@@ -328,14 +340,18 @@ class LLMEngine:
             tokens = host.token_ids.tolist()
             logprobs = host.logprobs.tolist() if host.logprobs is not None else None
             now = time.monotonic()
+            finished = Status.FINISHED
             for i, c in enumerate(launched.choices):
-                if c.seq.status == Status.FINISHED:  # stopped at the step before, or aborted
+                seq = c.seq
+                if seq.status == finished:  # stopped at the step before, or aborted
                     continue
-                c.seq.token_ids[launched.positions[i]] = tokens[i]
+                seq.token_ids[launched.positions[i]] = tokens[i]
                 self._append(c, i, tokens[i], logprobs, host, defer_text=final_only)
-                req = self.requests[c.seq.request_id]
-                req.first_token = req.first_token or now
-                touched.setdefault(req.request_id, []).append(c)
+                req = c.request
+                if req.first_token is None:
+                    req.first_token = now
+                if not final_only or seq.status == finished:  # final_only: only a finished one can be returned
+                    touched.setdefault(req.request_id, []).append(c)
         outputs = []
         for rid, cs in touched.items():
             req = self.requests[rid]
@@ -350,6 +366,10 @@ class LLMEngine:
         """Logits row and choice of each sampling sequence; a request with n > 1 forks at its first sample."""
         rows, choices = [], []
         for i, seq in enumerate(step.sample_seqs):
+            if seq.forked:
+                rows.append(i)
+                choices.append(seq.choice)
+                continue
             req = self.requests[seq.request_id]
             family = [seq]
             if not seq.forked:
@@ -359,7 +379,7 @@ class LLMEngine:
                     child = seq.fork(k)
                     self.block_manager.fork(seq, child)
                     self.scheduler.admit_fork(child, after=family[-1])
-                    req.choices.append(self._choice(child, k, max_tokens))
+                    req.choices.append(self._choice(req, child, k, max_tokens))
                     family.append(child)
             for s in family:
                 rows.append(i)

@@ -183,6 +183,9 @@ class ModelRunner:
             for kc, vc in zip(self.k_caches, self.v_caches, strict=True):
                 kc[dst].copy_(kc[src])
                 vc[dst].copy_(vc[src])
+        decode_only = batch.is_decode_only
+        if decode_only and self.graphs and len(batch) <= max(self.graphs):
+            return self._run_decode_graph(batch, feed)
         bs = self.block_size
         ids, pos, slots, ctx, sample_rows, sample_seqs, prompt_rows = [], [], [], [], [], [], {}
         fed = []  # (input row, row of feed.tokens)
@@ -207,10 +210,6 @@ class ModelRunner:
             if seq.params.prompt_logprobs is not None and s < seq.num_prompt_tokens:
                 prompt_rows[seq.seq_id] = (s, range(row0, row0 + min(n, seq.num_prompt_tokens - s)))
         tables = torch.frombuffer(tables, dtype=torch.int32).view(len(batch), width)
-        decode_only = batch.is_decode_only
-        if decode_only and self.graphs and len(batch) <= max(self.graphs):
-            logits = self._replay(ids, pos, slots, tables, ctx, fed, feed)
-            return StepLogits(logits, sample_seqs)
         self.attn.meta = self._metadata(slots, tables, batch.num_new_tokens, ctx, decode_only)
         dev = self.device
         ids = to_device(ids, torch.long, dev)
@@ -286,22 +285,40 @@ class ModelRunner:
             self.graphs[size] = (graph, out)
         torch.cuda.synchronize(dev)
 
-    def _replay(self, ids, pos, slots, tables: Tensor, ctx, fed, feed: Feed | None) -> Tensor:
-        B = len(ids)
+    def _run_decode_graph(self, batch: ScheduledBatch, feed: Feed | None) -> StepLogits:
+        """A decode-only step (one new token per sequence, every one sampling) as a CUDA-graph replay."""
+        bs = self.block_size
+        B = len(batch)
         size = next(s for s in sorted(self.graphs) if s >= B)
         graph, out = self.graphs[size]
-        pad = size - B  # padded rows: token 0 at position 0, written nowhere, attending to one slot
-        src = [-1] * size  # row of feed.tokens for a pending token
-        for row, j in fed:
-            src[row] = j
-        # fresh pinned staging each step: a persistent buffer could be overwritten before its last copy ran
-        self._g_vec[:, :size].copy_(to_device([ids + [0] * pad, pos + [0] * pad, slots + [-1] * pad, ctx + [1] * pad,
-                                               src], torch.long, self.device))
+        # staged inputs, one row each: ids, positions, slots, context lengths, row of the fed token (-1: none);
+        # padded rows: token 0 at position 0, written nowhere, attending to one slot
+        ids, pos, slots, ctx, src = [0] * size, [0] * size, [-1] * size, [1] * size, [-1] * size
+        width = max(len(s.block_table) for s in batch.seqs)
+        tables = array("i")
+        rows = feed.rows if feed is not None else {}
+        fed = False
+        for i, seq in enumerate(batch.seqs):
+            p = seq.num_computed
+            table = seq.block_table
+            token = seq.token_ids[p]
+            if token == PENDING:
+                src[i] = rows[seq.seq_id]
+                fed = True
+            else:
+                ids[i] = token
+            pos[i] = p
+            slots[i] = table[p // bs] * bs + p % bs
+            ctx[i] = p + 1
+            tables.extend(table)
+            tables.extend(_zeros(width - len(table)))
+        self._g_vec[:, :size].copy_(to_device([ids, pos, slots, ctx, src], torch.long, self.device))
         self._g_ctx[:size].copy_(self._g_vec[3, :size])
         if fed:  # the tokens sampled by the step before, without a round trip through the host
             g_src = self._g_vec[4, :size]
             self._g_ids[:size] = torch.where(g_src >= 0, feed.tokens[g_src.clamp(min=0)], self._g_ids[:size])
-        self._g_tables[:B, : tables.shape[1]].copy_(to_device(tables, torch.int32, self.device))
+        tables = torch.frombuffer(tables, dtype=torch.int32).view(B, width)
+        self._g_tables[:B, :width].copy_(to_device(tables, torch.int32, self.device))
         graph.replay()
         self.graph_replays += 1
-        return out[:B].float()
+        return StepLogits(out[:B].float(), list(batch.seqs))

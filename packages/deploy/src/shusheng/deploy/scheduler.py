@@ -30,8 +30,10 @@ class ScheduledBatch:
 
     @property
     def is_decode_only(self) -> bool:
-        """Every sequence computes one token on top of a cache (the CUDA-graph case)."""
-        return all(n == 1 for n in self.num_new_tokens) and all(s.num_computed > 0 for s in self.seqs)
+        """Every sequence computes its one last token on top of a cache, and samples (the CUDA-graph case); a
+        prefill chunk cut to one token by the budget is not a decode."""
+        return all(n == 1 and s.num_computed > 0 and s.num_tokens - s.num_computed == 1
+                   for s, n in zip(self.seqs, self.num_new_tokens, strict=True))
 
     def __len__(self) -> int:
         return len(self.seqs)

@@ -45,6 +45,7 @@ class Sequence:
         self.forked = params.n == 1  # a request with n > 1 forks at its first sample
         self.num_preemptions = 0
         self.last_is_pending_final = False  # the PENDING last token is its final one (the length limit)
+        self.choice = None  # the engine's streaming state of this sequence (LLMEngine._Choice)
 
     @property
     def num_tokens(self) -> int:
