@@ -8,6 +8,8 @@ ours again over 1 and N worker processes (each holding the texts, as a runner's 
 documents -> band keys, pairs in the parent) to show scaling.
 The pair sets differ where the two (independent) hash families disagree near the threshold; their Jaccard is reported
 next to ours vs ours with another seed and the value expected from the S-curve and the exact Jaccard of every pair.
+Verification (a preset with `verify`, such as internlm2) is timed separately: the same path with each candidate
+checked against the threshold before it becomes an edge, as `near_duplicates` and the dedup step run it.
 
     python packages/corpus/benchmarks/minhash.py [--docs 20000] [--words 300] [--processes 2] [--json out.json]
 """
@@ -28,9 +30,11 @@ from shusheng.corpus.dedup import (
     band_keys,
     band_pairs,
     candidate_pairs,
+    pair_similarity,
     s_curve,
     shingle_hashes,
     signatures,
+    signatures_and_sets,
 )
 
 
@@ -56,6 +60,14 @@ def make_corpus(num_docs: int, mean_words: int, dup_fraction: float, seed: int) 
 def ours(texts: list[str], config: MinHashConfig) -> np.ndarray:
     keys = band_keys(signatures(texts, config), config.bands, config.rows)
     return candidate_pairs(np.arange(len(texts)), keys, all_pairs=True)
+
+
+def ours_verified(texts: list[str], config: MinHashConfig) -> np.ndarray:
+    """The edges dedup makes: candidates (leader-linked buckets) kept only if they pass `config.verify`."""
+    sig, sets = signatures_and_sets(texts, config)
+    keys = band_keys(sig, config.bands, config.rows)
+    return candidate_pairs(np.arange(len(texts)), keys, similarity=pair_similarity(config, sig, sets),
+                           threshold=config.threshold)
 
 
 _WORKER_TEXTS: list[str] = []  # set once per worker process by the pool initializer
@@ -164,6 +176,8 @@ def main() -> None:
 
     ours_pairs, t_ours = timed(ours, texts, config, repeats=args.repeats)
     ds_pairs, t_ds = timed(datasketch_pairs, texts, config, repeats=args.repeats)
+    if config.verify != "none":
+        edges, t_verified = timed(ours_verified, texts, config, repeats=args.repeats)
     ours_set = set(map(tuple, ours_pairs.tolist()))
     reseeded = set(map(tuple, ours(texts, MinHashConfig.from_preset(args.preset, seed=config.seed + 1)).tolist()))
     agreement, self_agreement = pair_jaccard(ours_set, ds_pairs), pair_jaccard(ours_set, reseeded)
@@ -195,6 +209,9 @@ def main() -> None:
           f"(a trivially parallel Python loop gets {ceiling:.2f}x on this machine)")
     print(f"candidate-pair agreement (Jaccard of the pair sets): ours vs datasketch {agreement:.3f}; ours vs ours "
           f"with another seed {self_agreement:.3f}; expected for two independent draws of the S-curve {expected:.3f}")
+    if config.verify != "none":
+        print(f"with {config.verify} verification at {config.threshold} (1 core, not part of the comparison): "
+              f"{n / t_verified:.0f} docs/s, {t_verified / t_ours:.2f}x the candidate path's time, {len(edges)} edges")
     if args.json:
         result = {
             "docs": n, "words": args.words, "preset": args.preset, "bands": config.bands, "rows": config.rows,
@@ -202,8 +219,10 @@ def main() -> None:
             "speedup": speedup, "processes_docs_per_s": {str(k): v for k, v in scaling.items()},
             "ours_pairs": len(ours_set), "datasketch_pairs": len(ds_pairs), "pair_jaccard": agreement,
             "pair_jaccard_reseeded": self_agreement, "pair_jaccard_expected": expected,
-            "cpus": mp.cpu_count(), "machine_scaling": ceiling,
+            "cpus": mp.cpu_count(), "machine_scaling": ceiling, "verify": config.verify,
         }
+        if config.verify != "none":
+            result.update(verified_docs_per_s=n / t_verified, verified_edges=len(edges))
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
 

@@ -1,4 +1,5 @@
 import hashlib
+import math
 import os
 import subprocess
 import sys
@@ -10,19 +11,26 @@ import pytest
 from shusheng.corpus.dedup import (
     MinHashConfig,
     band_keys,
+    band_pairs,
     candidate_pairs,
     components_by_label_propagation,
     duplicates_to_drop,
     estimate_jaccard,
     exact_duplicates,
+    exact_jaccard,
     lsh_threshold,
     near_duplicates,
     optimal_bands_rows,
+    pair_similarity,
     s_curve,
     shingle_hashes,
+    shingle_sets,
     signatures,
+    signatures_and_sets,
     text_hash,
     union_find_components,
+    verified_s_curve,
+    verify,
 )
 from shusheng.corpus.dedup.minhash import permutations, signatures_from_shingles
 
@@ -179,11 +187,20 @@ def test_optimal_bands_rows_matches_datasketch():
 
 def test_config_presets_and_validation():
     c = MinHashConfig.from_preset("internlm2")
-    assert (c.ngram_unit, c.ngram_size, c.num_perm, c.bands, c.rows, c.threshold) == ("word", 5, 128, 14, 9, 0.7)
+    assert (c.ngram_unit, c.ngram_size, c.num_perm, c.threshold, c.verify) == ("word", 5, 128, 0.7, "exact")
+    assert (c.bands, c.rows) == optimal_bands_rows(0.5, 128) == (25, 5)  # candidates for recall, then verified
     f = MinHashConfig.from_preset("fineweb")
-    assert (f.ngram_size, f.num_perm, f.bands, f.rows) == (5, 112, 14, 8)
+    assert (f.ngram_size, f.num_perm, f.bands, f.rows, f.verify) == (5, 112, 14, 8, "none")
     assert f.threshold == pytest.approx((1 / 14) ** (1 / 8))
     assert (MinHashConfig(threshold=0.7).bands, MinHashConfig(threshold=0.7).rows) == (14, 9)
+    v = MinHashConfig(threshold=0.7, verify="estimate", candidate_threshold=0.5)
+    assert (v.bands, v.rows, v.threshold) == (25, 5, 0.7)
+    with pytest.raises(ValueError, match=r"verify must be one of \('none', 'exact', 'estimate'\), got 'yes'"):
+        MinHashConfig(threshold=0.7, verify="yes")
+    with pytest.raises(ValueError, match="verify='exact' needs a threshold"):
+        MinHashConfig(bands=25, rows=5, verify="exact")
+    with pytest.raises(ValueError, match=r"candidate_threshold must be in \(0, 1\), got 1.5"):
+        MinHashConfig(threshold=0.7, candidate_threshold=1.5)
     assert MinHashConfig.from_preset("internlm2", num_perm=256).num_perm == 256
     with pytest.raises(ValueError, match=r"bands \* rows = 14 \* 10 = 140 exceeds num_perm = 128"):
         MinHashConfig(bands=14, rows=10)
@@ -206,6 +223,76 @@ def test_band_keys_and_candidate_pairs():
     assert candidate_pairs(ids[:1], keys[:1]).shape == (0, 2)
     with pytest.raises(ValueError, match="exceeds the signature length 4"):
         band_keys(sig, bands=3, rows=2)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Verification
+
+
+def test_shingle_sets_and_exact_jaccard_match_python_sets(monkeypatch):
+    rng = np.random.default_rng(5)
+    vocab = make_vocab(rng)
+    docs = []
+    for _ in range(20):
+        base = random_words(rng, vocab, int(rng.integers(20, 300)))
+        docs += [base, edit(rng, vocab, base, rng.uniform(0.0, 0.4))]
+    texts = [" ".join(d) for d in docs] + ["", "..."]
+    config = MinHashConfig.from_preset("internlm2")
+    values, offsets = shingle_sets(texts, config)
+    sizes = [len(word_ngrams(d)) for d in docs] + [0, 0]
+    assert np.diff(offsets).tolist() == sizes and values.dtype == np.uint32
+    assert all((np.diff(values[offsets[i]:offsets[i + 1]].astype(np.int64)) > 0).all() for i in range(len(texts)))
+    sig, (v, o) = signatures_and_sets(texts, config)  # the sets give the same signatures as the texts
+    assert np.array_equal(sig, signatures(texts, config)) and np.array_equal(v, values) and np.array_equal(o, offsets)
+    a = np.r_[np.arange(0, 40, 2), rng.integers(0, 40, 60), 40, 40, 3]
+    b = np.r_[np.arange(1, 40, 2), rng.integers(0, 40, 60), 41, 5, 3]
+    expected = [jaccard(word_ngrams(docs[i]), word_ngrams(docs[j])) if max(i, j) < 40 else float(i == j == 40 or
+                {i, j} == {40, 41}) for i, j in zip(a.tolist(), b.tolist(), strict=True)]
+    got = exact_jaccard(values, offsets, a, b)
+    assert got.tolist() == expected  # the same divisions: equal to the last bit (two empty sets: 1.0)
+    assert 0.3 < np.median(got[:20]) < 0.95  # the edited copies straddle the threshold
+    monkeypatch.setattr(verify, "_PAIR_BLOCK", 100)  # many small batches give the same answer
+    assert exact_jaccard(values, offsets, a, b).tolist() == expected
+
+
+def test_verified_band_pairs_link_buckets_by_leaders(monkeypatch):
+    # One bucket of ids 10..14 (and a singleton 20): 10~11 and 11~12 but not 10~12; 13~14.
+    similar = {(10, 11): 0.9, (11, 12): 0.8, (10, 12): 0.5, (13, 14): 0.75}
+    ids = np.array([12, 14, 20, 10, 13, 11])
+    keys = np.array([7, 7, 8, 7, 7, 7], dtype=np.uint64)
+    compared = []
+
+    def similarity(a, b):
+        x, y = ids[a], ids[b]
+        compared.extend(zip(x.tolist(), y.tolist(), strict=True))
+        return np.array([similar.get((min(u, v), max(u, v)), 0.1) for u, v in zip(x, y, strict=True)])
+
+    # Leader 10 links 11; leader 12 (10 is not compared again) links 11; leader 13 links 14.
+    assert band_pairs(ids, keys, similarity=similarity, threshold=0.7).tolist() == [[10, 11], [11, 12], [13, 14]]
+    assert sorted(compared) == sorted([(10, 11), (10, 12), (10, 13), (10, 14), (12, 11), (12, 13), (12, 14),
+                                       (13, 11), (13, 14)])
+    assert band_pairs(ids, keys, True, similarity, 0.7).tolist() == [[10, 11], [11, 12], [13, 14]]  # every pair
+    assert band_pairs(ids, keys).tolist() == [[10, 11], [10, 12], [10, 13], [10, 14]]  # unverified: a star
+    monkeypatch.setattr(verify, "MAX_LEADERS", 1)
+    assert band_pairs(ids, keys, similarity=similarity, threshold=0.7).tolist() == [[10, 11]]
+    # A bucket of 1000 near-copies costs one round: 999 comparisons, not 1000 * 999 / 2.
+    counts = []
+    big = band_pairs(np.arange(1000), np.zeros(1000, np.uint64), threshold=0.7,
+                     similarity=lambda a, b: counts.append(len(a)) or np.ones(len(a)))
+    assert counts == [999] and len(big) == 999 and (big[:, 0] == 0).all()
+
+
+def test_verified_s_curve():
+    s = np.array([0.0, 0.5, 0.69, 0.7, 0.8, 1.0])
+    exact = MinHashConfig.from_preset("internlm2")
+    assert np.array_equal(verified_s_curve(s, exact), s_curve(s, 25, 5) * (s >= 0.7))
+    fineweb = MinHashConfig.from_preset("fineweb")
+    assert np.array_equal(verified_s_curve(s, fineweb), s_curve(s, 14, 8))
+    estimate = MinHashConfig.from_preset("internlm2", verify="estimate")
+    for x in (0.6, 0.7, 0.75):  # at least 90 of 128 values agree (90 / 128 >= 0.7 > 89 / 128): a binomial tail
+        tail = sum(math.comb(128, k) * x**k * (1 - x) ** (128 - k) for k in range(90, 129))
+        assert verified_s_curve(x, estimate) == pytest.approx(s_curve(x, 25, 5) * tail, rel=1e-9)
+    assert verified_s_curve([0.0, 1.0], estimate).tolist() == [0.0, 1.0]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -273,14 +360,15 @@ def pairs_in_clusters(labels):
 
 def test_internlm2_preset_quality():
     """150 base documents (200-400 words), 3 near-duplicates of each (5-30% of words edited), 300 distinct documents
-    from the same vocabulary, shuffled; signatures -> bands -> pairs -> components -> drop.
+    from the same vocabulary, shuffled; signatures -> bands -> verified pairs -> components -> drop.
 
     Truth is the exact Jaccard similarity J of the documents' word 5-gram sets (what the 0.7 threshold refers to),
-    closed transitively as dedup's clusters are. A 128-permutation LSH cannot be sharp at 0.7: 14 x 9 detects a pair
-    with probability s_curve(J), 10% at J = 0.58 and 90% at J = 0.81. So pairs are scored against that band:
-      precision = detected pairs joined by a chain of J >= 0.58 / detected pairs,
-      recall    = pairs joined by a chain of J >= 0.81 that are detected / pairs joined by such a chain,
-    where "detected" means the pipeline put both in one cluster. Against the hard 0.7 (printed) both are lower.
+    closed transitively as dedup's clusters are: precision = detected pairs in that truth / detected pairs, recall =
+    truth pairs detected / truth pairs, where "detected" means the pipeline put both in one cluster. The preset's
+    25 x 5 LSH finds 99% of the pairs at J = 0.7 and exact verification keeps only those with J >= 0.7. Printed for
+    comparison: the same candidates verified by the signature estimate and not verified, 14 x 9 without verification
+    (the old preset), and each scored against its own curve's 10%-90% band as before (J >= the 10% point for
+    precision, J >= the 90% point for recall).
     """
     rng = np.random.default_rng(4)
     vocab = make_vocab(rng)
@@ -298,7 +386,7 @@ def test_internlm2_preset_quality():
     family += list(range(150, 450))
     order = rng.permutation(len(docs))
     docs, family = [docs[i] for i in order], [family[i] for i in order]
-    n = len(docs)
+    texts, n, ids = [" ".join(d) for d in docs], len(docs), np.arange(len(docs))
 
     # Exact Jaccard of every pair that shares a 5-gram (an inverted index; all other pairs have J = 0).
     grams = [word_ngrams(d) for d in docs]
@@ -315,33 +403,45 @@ def test_internlm2_preset_quality():
 
     def truth(threshold):
         edges = np.array([p for p, j in true_j.items() if j >= threshold], dtype=np.int64).reshape(-1, 2)
-        return pairs_in_clusters(union_find_components(edges, np.arange(n))[1])
-
-    config = MinHashConfig.from_preset("internlm2")
-    ids = np.arange(n)
-    sig = signatures([" ".join(d) for d in docs], config)
-    pairs = candidate_pairs(ids, band_keys(sig, config.bands, config.rows))
-    nodes, labels = components_by_label_propagation(pairs, ids)
-    detected = pairs_in_clusters(labels)
-    dropped = duplicates_to_drop(nodes, labels)
-    assert len(dropped) == n - len(set(labels.tolist()))
+        return pairs_in_clusters(union_find_components(edges, ids)[1])
 
     s = np.linspace(0, 1, 100001)
-    curve = s_curve(s, config.bands, config.rows)
-    low, high = s[np.searchsorted(curve, 0.1)], s[np.searchsorted(curve, 0.9)]
-    weak, strong, hard = truth(low), truth(high), truth(config.threshold)
-    precision = len(detected & weak) / len(detected)
-    recall = len(detected & strong) / len(strong)
-    print(f"\ninternlm2: {config.bands} bands x {config.rows} rows, threshold {config.threshold}, S-curve midpoint "
-          f"{lsh_threshold(config.bands, config.rows):.3f}, S(0.5)={s_curve(0.5, 14, 9):.3f} "
-          f"S(0.7)={s_curve(0.7, 14, 9):.3f} S(0.9)={s_curve(0.9, 14, 9):.3f}; 10%/90% at J={low:.2f}/{high:.2f}")
-    print(f"{n} docs, {len(pairs)} candidate pairs, {len(dropped)} dropped; band-scored precision {precision:.3f} "
-          f"recall {recall:.3f} ({len(detected)} detected, {len(strong)} J>={high:.2f} pairs); against the hard "
-          f"{config.threshold}: precision {len(detected & hard) / len(detected):.3f} "
-          f"recall {len(detected & hard) / len(hard):.3f}")
-    same_base = pairs_in_clusters(np.asarray(family))  # the generator's truth: copies of one base document
-    print(f"against the generator's truth (same base, whatever the edit rate): precision "
-          f"{len(detected & same_base) / len(detected):.3f} recall {len(detected & same_base) / len(same_base):.3f}")
+
+    def at(curve, q):  # the similarity where a (non-decreasing) curve reaches q
+        return s[np.searchsorted(curve, q)]
+
+    def dedup(config):
+        sig, sets = signatures_and_sets(texts, config)
+        keys = band_keys(sig, config.bands, config.rows)
+        edges = candidate_pairs(ids, keys, similarity=pair_similarity(config, sig, sets), threshold=config.threshold)
+        nodes, labels = components_by_label_propagation(edges, ids)
+        dropped = duplicates_to_drop(nodes, labels)
+        assert len(dropped) == n - len(set(labels.tolist()))
+        return pairs_in_clusters(labels), len(candidate_pairs(ids, keys)), len(edges), len(dropped)
+
+    hard, same_base = truth(0.7), pairs_in_clusters(np.asarray(family))  # same_base: the generator's truth
+    config = MinHashConfig.from_preset("internlm2")
+    others = [("verify=estimate", dict(verify="estimate")), ("verify=none", dict(verify="none")),
+              ("old 14x9, none", dict(bands=14, rows=9, verify="none"))]
+    print()
+    for name, c in [("internlm2", config)] + [(k, MinHashConfig.from_preset("internlm2", **v)) for k, v in others]:
+        detected, candidates, edges, dropped = dedup(c)
+        candidate, verified = s_curve(s, c.bands, c.rows), verified_s_curve(s, c)
+        low, high = at(verified, 0.1), at(verified, 0.9)
+        weak, strong = truth(low), truth(high)
+        print(f"{name}: candidates {c.bands} bands x {c.rows} rows (midpoint {lsh_threshold(c.bands, c.rows):.3f}, "
+              f"10%/50%/90% at J={at(candidate, 0.1):.2f}/{at(candidate, 0.5):.2f}/{at(candidate, 0.9):.2f}, "
+              f"S(0.7)={s_curve(0.7, c.bands, c.rows):.3f}); verified ({c.verify}) 10%/50%/90% at "
+              f"J={low:.2f}/{at(verified, 0.5):.2f}/{high:.2f}, P(edge|J=0.7)={verified_s_curve(0.7, c):.3f}")
+        print(f"  {n} docs, {candidates} candidate pairs, {edges} edges, {dropped} dropped, {len(detected)} detected;"
+              f" against J>=0.7: precision {len(detected & hard) / len(detected):.3f} recall "
+              f"{len(detected & hard) / len(hard):.3f} ({len(hard)} pairs); band-scored: precision "
+              f"{len(detected & weak) / len(detected):.3f} recall {len(detected & strong) / len(strong):.3f}; "
+              f"generator's truth: precision {len(detected & same_base) / len(detected):.3f} "
+              f"recall {len(detected & same_base) / len(same_base):.3f}")
+        if c is config:
+            precision, recall = len(detected & hard) / len(detected), len(detected & hard) / len(hard)
+            preset_detected = detected
     assert precision >= 0.95 and recall >= 0.90
-    assert len(detected & same_base) / len(detected) >= 0.99  # nothing distinct is ever merged
-    assert len(strong) >= 100  # enough positives to measure
+    assert len(preset_detected & same_base) / len(preset_detected) >= 0.99  # nothing distinct is ever merged
+    assert len(hard) >= 100  # enough positives to measure

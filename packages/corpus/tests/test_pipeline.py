@@ -164,7 +164,8 @@ def test_train_quality_then_filter_with_it(tmp_path):
     assert [d["id"] for d in kept] == ["0"] and kept[0]["metadata"]["quality_score"] > 0.5
 
 
-def test_distributed_minhash_clusters_equal_single_process(tmp_path):
+@pytest.mark.parametrize("verify", ["exact", "estimate", "none"])
+def test_distributed_minhash_clusters_equal_single_process(tmp_path, verify):
     import random
 
     from shusheng.corpus.dedup import MinHashConfig, near_duplicates
@@ -174,20 +175,24 @@ def test_distributed_minhash_clusters_equal_single_process(tmp_path):
     bases = [[rng.choice(vocab) for _ in range(200)] for _ in range(30)]
     texts = []
     for b in bases:
-        for _ in range(rng.randint(1, 4)):  # copies with one short edited span: clear near-duplicates
+        for _ in range(rng.randint(1, 4)):  # copies with one edited span: J from ~0.9 (clear) to ~0.5 (verified out)
             words = list(b)
-            at = rng.randrange(180)
-            words[at : at + 3] = [rng.choice(vocab) for _ in range(3)]
+            at, size = rng.randrange(140), rng.choice([3, 3, 20, 40])
+            words[at : at + size] = [rng.choice(vocab) for _ in range(size)]
             texts.append(" ".join(words))
     rng.shuffle(texts)
     (tmp_path / "in").mkdir()
     for s in range(4):
         part = texts[s::4]
         (tmp_path / "in" / f"p{s}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in part))
+    spec = {"method": "minhash", "preset": "internlm2", "verify": verify}
     report = run_pipeline(PipelineConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), workers=2,
-                                         dedup={"method": "minhash", "preset": "internlm2"}, progress=False))
+                                         dedup=spec, progress=False))
     ordered = [t for s in range(4) for t in texts[s::4]]  # global order = shard order, then line order
-    expected = near_duplicates(ordered, range(len(ordered)), MinHashConfig.from_preset("internlm2"))
+    expected = near_duplicates(ordered, range(len(ordered)), MinHashConfig.from_preset("internlm2", verify=verify))
+    if verify != "none":  # verification really rejects some of this data's candidates
+        unverified = MinHashConfig.from_preset("internlm2", verify="none")
+        assert len(expected) < len(near_duplicates(ordered, range(len(ordered)), unverified))
     dropped = {r["text"] for f, rows in outputs(tmp_path / "out").items() if f.endswith(".dedup.jsonl.gz")
                for r in rows}
     assert dropped == {ordered[i] for i in expected}

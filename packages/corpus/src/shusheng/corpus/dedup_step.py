@@ -1,12 +1,14 @@
 """Deduplication as a pipeline step over shards, in three resumable phases.
 
 1. per shard (parallel): a key per document (exact: a normalized-text hash; minhash: the LSH band keys), saved as
-   .npy with a marker;
+   .npy with a marker; with MinHash verification also what it checks, per document: the shingle sets ("exact",
+   values + offsets) or the signatures ("estimate");
 2. documents get global indices (shard offsets) and duplicate groups are found. exact: the first of each hash wins
-   (driver). minhash: one job per band turns equal band keys into edges; then rounds of label propagation, one job
-   per node partition reading the edges and the current labels, with pointer jumping in between, until no label
-   moves; the smallest index of each cluster wins. The edge work runs on the executor's workers (processes or Ray),
-   so clustering does not funnel through one task;
+   (driver). minhash: one job per band turns equal band keys into edges, verifying candidates when configured (the
+   job reads, through memory maps, only the shingle sets or signatures of documents whose key in its band is shared);
+   then rounds of label propagation, one job per node partition reading the edges and the current labels, with
+   pointer jumping in between, until no label moves; the smallest index of each cluster wins. The edge work runs on
+   the executor's workers (processes or Ray), so clustering does not funnel through one task;
 3. per shard (parallel): kept documents are written to `dedup/`, dropped ones to `removed/` with their reason.
 """
 
@@ -23,9 +25,11 @@ from .dedup import (
     band_pairs,
     duplicates_to_drop,
     exact_duplicates,
-    signatures,
+    pair_similarity,
+    signatures_and_sets,
     text_hash,
 )
+from .dedup.verify import ranges
 from .io import ShardWriter, read_file, write_json
 
 METHODS = ("exact", "minhash")
@@ -58,12 +62,23 @@ def keys_job(job: dict) -> dict:
     if method == "exact":
         keys = np.array([text_hash(t) for t in texts], dtype=np.uint64).reshape(-1, 1)
     else:
-        keys = band_keys(signatures(texts, cfg), cfg.bands, cfg.rows) if texts else np.zeros((0, cfg.bands),
-                                                                                                np.uint64)
+        sig, sets = signatures_and_sets(texts, cfg)
+        keys = band_keys(sig, cfg.bands, cfg.rows)
+        if cfg.verify == "estimate":
+            _save(_side(out, "sig"), sig)
+        elif cfg.verify == "exact":
+            _save(_side(out, "sets"), sets[0])
+            _save(_side(out, "set_offsets"), sets[1])
     _save(out, keys)
     result = {"docs": len(texts)}
     write_json(marker, result)
     return result
+
+
+def _side(keys: str | Path, name: str) -> Path:
+    """A per-shard file next to the keys: part.keys.npy -> part.{name}.npy."""
+    keys = Path(keys)
+    return keys.with_name(keys.name.replace(".keys.npy", f".{name}.npy"))
 
 
 def _save(path: Path, array: np.ndarray) -> None:
@@ -73,12 +88,44 @@ def _save(path: Path, array: np.ndarray) -> None:
 
 
 def band_edges_job(job: dict) -> dict:
-    """Edges (smallest index of a bucket, other member) of one LSH band over the whole corpus."""
+    """Edges of one LSH band over the whole corpus: (smallest index of a bucket, other member), or with verification
+    the verified pairs of `band_pairs`' leader rounds."""
     dst = Path(job["dst"])
     if not dst.exists():
-        keys = np.concatenate([np.load(p, mmap_mode="r")[:, job["band"]] for p in job["keys"]])
-        _save(dst, band_pairs(np.arange(len(keys), dtype=np.int64), keys))
+        _, cfg = _config(job["spec"])
+        columns = [np.load(p, mmap_mode="r")[:, job["band"]] for p in job["keys"]]
+        keys = np.concatenate(columns)
+        ids = np.arange(len(keys), dtype=np.int64)
+        if cfg.verify == "none":
+            pairs = band_pairs(ids, keys)
+        else:  # read the data of only the documents that share their key in this band
+            _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+            ids = ids[counts[inverse] > 1]
+            sig, sets = _gather(job["keys"], [len(c) for c in columns], ids, cfg.verify)
+            pairs = band_pairs(ids, keys[ids], similarity=pair_similarity(cfg, sig, sets), threshold=cfg.threshold)
+        _save(dst, pairs)
     return {"edges": int(np.load(dst, mmap_mode="r").shape[0])}
+
+
+def _gather(keys: list[str], counts: list[int], ids: np.ndarray, verify: str) -> tuple:
+    """(signatures, None) or (None, shingle sets) of the documents with these sorted global indices."""
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    shard = np.searchsorted(offsets, ids, "right") - 1
+    sig, values, lengths = [], [], []
+    for s in np.unique(shard):
+        rows = ids[shard == s] - offsets[s]
+        if verify == "estimate":
+            sig.append(np.load(_side(keys[s], "sig"), mmap_mode="r")[rows])
+            continue
+        bounds = np.load(_side(keys[s], "set_offsets"), mmap_mode="r")
+        starts, sizes = bounds[rows], bounds[rows + 1] - bounds[rows]
+        values.append(np.load(_side(keys[s], "sets"), mmap_mode="r")[ranges(starts, sizes)])
+        lengths.append(sizes)
+    if verify == "estimate":
+        return np.concatenate(sig) if sig else np.zeros((0, 1), np.uint32), None
+    lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    values = np.concatenate(values) if values else np.zeros(0, np.uint32)
+    return None, (values, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
 
 
 def propagate_job(job: dict) -> dict:
@@ -96,9 +143,9 @@ def propagate_job(job: dict) -> dict:
     return {"part": part}
 
 
-def _components(jobs: list[dict], cfg: MinHashConfig, total: int, work: Path, executor) -> np.ndarray:
+def _components(jobs: list[dict], spec: dict, cfg: MinHashConfig, total: int, work: Path, executor) -> np.ndarray:
     """Cluster label (smallest member index) of every document, computed on the executor's workers."""
-    bands = [{"keys": [j["keys"] for j in jobs], "band": b, "dst": str(work / f"edges-{b:03d}.npy")}
+    bands = [{"keys": [j["keys"] for j in jobs], "band": b, "spec": spec, "dst": str(work / f"edges-{b:03d}.npy")}
              for b in range(cfg.bands)]
     executor.map(band_edges_job, bands, desc="dedup edges")
     labels = np.arange(total, dtype=np.int64)
@@ -158,7 +205,7 @@ def run_dedup(spec: dict, shards: list[Path], out: Path, executor) -> tuple[dict
             hashes = np.concatenate([np.load(j["keys"])[:, 0] for j in jobs]).tolist()
             drop = np.array(sorted(exact_duplicates(hashes, list(range(total)))), dtype=np.int64)
         else:
-            labels = _components(jobs, cfg, total, work, executor)
+            labels = _components(jobs, spec, cfg, total, work, executor)
             drop = duplicates_to_drop(np.arange(total), labels)
         _save(drop_path, drop)
     drop = np.load(drop_path)
@@ -171,5 +218,5 @@ def run_dedup(spec: dict, shards: list[Path], out: Path, executor) -> tuple[dict
               "dropped": int(len(drop))}
     if cfg is not None:
         report.update(preset=spec.get("preset", "internlm2"), num_perm=cfg.num_perm, bands=cfg.bands, rows=cfg.rows,
-                      ngram_size=cfg.ngram_size)
+                      ngram_size=cfg.ngram_size, threshold=cfg.threshold, verify=cfg.verify)
     return report, [Path(j["dst"]) for j in fjobs]

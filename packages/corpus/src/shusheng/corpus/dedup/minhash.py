@@ -18,18 +18,20 @@ text-dedup's MinHash dedup):
    and datasketch >= 2.0 defaults to `a*x + b mod 2**32`, a bijection but only 2-universal.)
    Taking the min before the `>> 32` is exact, since the shift is monotone.
 3. `band_keys`: split each signature into `bands` bands of `rows` values and hash each band to one uint64.
-4. `candidate_pairs`: documents that share a key in any band, found by sorting the keys of each band.
+4. `candidate_pairs`: documents that share a key in any band, found by sorting the keys of each band; with a
+   `similarity` (see `verify.py`), only pairs whose similarity reaches the threshold are kept.
 
 Two documents with Jaccard similarity s share at least one band with probability `s_curve(s) = 1 - (1 - s**r)**b`,
 an S-curve whose steepest point is near `lsh_threshold = (1/b)**(1/r)`. `optimal_bands_rows` picks (b, r) for a
 target threshold by minimizing the weighted areas of false positives below it and false negatives above it, like
-datasketch's `_optimal_param`.
+datasketch's `_optimal_param`. With 128 permutations no S-curve is sharp (14 x 9, the best one for 0.7, takes 10% of
+the pairs at J = 0.58 and 90% only at J = 0.81), which is why a config can `verify` candidates instead.
 """
 
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -41,40 +43,68 @@ _EMPTY = np.uint32(0xFFFFFFFF)  # signature value of a document without shingles
 _TEXT_BATCH_CHARS = 1 << 18  # code points per vectorized text pass: its uint64 arrays (2 MB each) stay in cache
 _PERM_BLOCK = 8192  # shingles per (num_perm, shingles) block: 8 MB at num_perm=128, fits in L2/L3
 
-# Presets: one line each. internlm2: InternLM2 report (5-gram words, 128 permutations, threshold 0.7); 14 x 9 is
-# optimal_bands_rows(0.7, 128) with equal FP/FN weights (tested to match datasketch). fineweb: FineWeb's 14 x 8.
+# Presets: one line each. internlm2: InternLM2 report (5-gram words, 128 permutations, threshold 0.7), LSH as a
+# candidate generator tuned for recall, each candidate verified by exact Jaccard. 25 x 5 is optimal_bands_rows(0.5,
+# 128): 10% / 50% / 90% of pairs become candidates at J = 0.34 / 0.49 / 0.62 and 99% at 0.70, where 14 x 9 (that of
+# 0.7) misses 56% of the pairs at J = 0.7. fineweb: FineWeb's published 14 x 8; its S-curve is the decision.
 MINHASH_PRESETS: dict[str, dict] = {
-    "internlm2": dict(ngram_unit="word", ngram_size=5, num_perm=128, bands=14, rows=9, threshold=0.7),
+    "internlm2": dict(ngram_unit="word", ngram_size=5, num_perm=128, bands=25, rows=5, threshold=0.7, verify="exact"),
     "fineweb": dict(ngram_unit="word", ngram_size=5, num_perm=112, bands=14, rows=8),
 }
+VERIFY = ("none", "exact", "estimate")
 
 
 @dataclass
 class MinHashConfig:
-    """MinHash + LSH settings. Give `bands` and `rows`, or only `threshold` to derive them with `optimal_bands_rows`.
+    """MinHash + LSH settings. Give `bands` and `rows`, or a threshold to derive them with `optimal_bands_rows`.
 
-    `threshold`, when not given, is the S-curve's midpoint `lsh_threshold(bands, rows)`.
+    Two documents are near-duplicates when the Jaccard similarity J of their shingle sets is at least `threshold`.
+    LSH makes a pair a candidate with probability `s_curve(J, bands, rows)`, which 128 permutations cannot make sharp.
+    `verify` decides what a candidate pair needs to become an edge of the duplicate graph:
+
+    - "none": nothing; the S-curve is the decision (FineWeb's setup). Pairs below the threshold are merged and
+      pairs above it missed in proportion to the curve's width.
+    - "exact": the exact Jaccard of the two shingle sets (their 32-bit hashes) must be >= threshold, as production
+      tools check candidates (NeMo Curator's `false_positive_check`). No edge has J < threshold, so the S-curve can
+      sit below the threshold and be tuned for recall alone; its cost is one set intersection per verified pair,
+      and the step keeps each shard's shingle sets (4 bytes a shingle) next to its band keys.
+    - "estimate": the fraction of equal signature values must be >= threshold. No extra data, but with 128
+      permutations its standard deviation is ~0.04 at J = 0.7, so pairs within ~0.05 of the threshold go either way
+      (`verified_s_curve` gives the effective curve).
+
+    `threshold`, when not given, is the S-curve's midpoint `lsh_threshold(bands, rows)` (verification needs one).
+    Derived bands x rows are `optimal_bands_rows(candidate_threshold, num_perm)`; `candidate_threshold` defaults
+    to `threshold`, and with verification it should be lower (the internlm2 preset's 25 x 5 is that of 0.5).
     """
 
     ngram_unit: str = "word"  # "word" or "char"
     ngram_size: int = 5
     num_perm: int = 128
-    bands: int = 0  # 0: derived from threshold
+    bands: int = 0  # 0: derived from candidate_threshold
     rows: int = 0
     threshold: float | None = None
     seed: int = 1
+    verify: str = "none"  # "none", "exact" or "estimate": what a candidate pair needs to become an edge
+    candidate_threshold: float | None = None  # what derived bands x rows aim at; default: threshold
 
     def __post_init__(self):
         if self.ngram_unit not in ("word", "char"):
             raise ValueError(f"ngram_unit must be 'word' or 'char', got {self.ngram_unit!r}")
         if self.ngram_size < 1 or self.num_perm < 1:
             raise ValueError(f"ngram_size and num_perm must be >= 1, got {self.ngram_size} and {self.num_perm}")
-        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        for name in ("threshold", "candidate_threshold"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value < 1.0:
+                raise ValueError(f"{name} must be in (0, 1), got {value}")
+        if self.verify not in VERIFY:
+            raise ValueError(f"verify must be one of {VERIFY}, got {self.verify!r}")
+        if self.verify != "none" and self.threshold is None:
+            raise ValueError(f"verify={self.verify!r} needs a threshold to verify against")
         if self.bands == 0 and self.rows == 0:
-            if self.threshold is None:
+            target = self.threshold if self.candidate_threshold is None else self.candidate_threshold
+            if target is None:
                 raise ValueError("give bands and rows, or a threshold to derive them from")
-            self.bands, self.rows = optimal_bands_rows(self.threshold, self.num_perm)
+            self.bands, self.rows = optimal_bands_rows(target, self.num_perm)
         if self.bands < 1 or self.rows < 1:
             raise ValueError(f"bands and rows must both be >= 1, got {self.bands} x {self.rows}")
         if self.bands * self.rows > self.num_perm:
@@ -330,7 +360,9 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return _fmix64((v * w).sum(axis=2, dtype=_U64) ^ _U64(rows))  # sum wraps mod 2^64
 
 
-def band_pairs(ids: np.ndarray, keys: np.ndarray, all_pairs: bool = False) -> np.ndarray:
+def band_pairs(ids: np.ndarray, keys: np.ndarray, all_pairs: bool = False,
+               similarity: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None, threshold: float = 0.0,
+               ) -> np.ndarray:
     """Pairs of ids that share a key, for one band: (E, 2) int64, each row (smaller id, larger id).
 
     This is the unit of distributed work: rows of all bands can be shuffled by (band, key) and each partition run here.
@@ -340,6 +372,14 @@ def band_pairs(ids: np.ndarray, keys: np.ndarray, all_pairs: bool = False) -> np
         keys: (N,) uint64 band keys.
         all_pairs: emit every pair in a bucket (quadratic in its size). By default emit a star, (smallest id, other),
             which has the same connected components and is linear, so a bucket of 10^5 copies stays cheap.
+        similarity: optional `f(a, b) -> (E,)` similarity of the documents at positions a[k], b[k] of `ids` (see
+            `verify.py`); then only pairs with similarity >= threshold are kept. A star would lose the members
+            that are similar to each other but not to the bucket's smallest id, so buckets are linked by leaders:
+            the smallest id not yet linked leads, is compared with every member that has not led, and links those
+            that pass; repeat until every member is linked or has led (at most `MAX_LEADERS` rounds). A bucket of
+            near-copies takes one round; the only edges missed are between two members that each passed a
+            different leader, whose clusters the other bands usually join.
+        threshold: the similarity a verified pair needs.
     """
     ids, keys = np.asarray(ids, dtype=np.int64), np.asarray(keys)
     order = np.lexsort((ids, keys))  # by key, then id
@@ -350,6 +390,11 @@ def band_pairs(ids: np.ndarray, keys: np.ndarray, all_pairs: bool = False) -> np
     big = group_size > 1
     if not big.any():
         return np.empty((0, 2), dtype=np.int64)
+    if similarity is not None and not all_pairs:
+        from .verify import leader_pairs  # verify.py imports this module
+
+        return leader_pairs(i, group_start[big], group_size[big], lambda a, b: similarity(order[a], order[b]),
+                            threshold)
     if not all_pairs:
         head = np.repeat(i[group_start[big]], group_size[big] - 1)  # the smallest id of each bucket
         members = np.ones(len(k), dtype=bool)
@@ -360,18 +405,22 @@ def band_pairs(ids: np.ndarray, keys: np.ndarray, all_pairs: bool = False) -> np
     later = np.repeat(group_start + group_size, group_size) - np.arange(len(k)) - 1  # (N,)
     left = np.repeat(np.arange(len(k)), later)
     right = left + 1 + np.arange(len(left)) - np.repeat(np.cumsum(later) - later, later)
+    if similarity is not None:
+        keep = similarity(order[left], order[right]) >= threshold
+        left, right = left[keep], right[keep]
     return np.stack([i[left], i[right]], axis=1)
 
 
-def candidate_pairs(ids: np.ndarray, keys: np.ndarray, all_pairs: bool = False) -> np.ndarray:
+def candidate_pairs(ids: np.ndarray, keys: np.ndarray, all_pairs: bool = False, similarity=None,
+                    threshold: float = 0.0) -> np.ndarray:
     """Unique pairs of ids sharing a key in any band: (E, 2) int64 sorted rows (smaller id, larger id).
 
     Args:
         ids: (N,) int ids (for example global document indices).
         keys: (N, bands) uint64 from `band_keys`.
-        all_pairs: see `band_pairs`.
+        all_pairs, similarity, threshold: see `band_pairs`.
     """
     keys = np.asarray(keys)
-    pairs = [band_pairs(ids, keys[:, j], all_pairs) for j in range(keys.shape[1])]
+    pairs = [band_pairs(ids, keys[:, j], all_pairs, similarity, threshold) for j in range(keys.shape[1])]
     pairs = np.concatenate(pairs) if pairs else np.empty((0, 2), dtype=np.int64)
     return np.unique(pairs, axis=0) if len(pairs) else pairs
