@@ -18,6 +18,8 @@ Steps:
    has passed and otherwise calls `step()`; when nothing runs it sleeps until the next arrival. TTFT is from
    the request's scheduled arrival to the end of the first step whose output carries text for it; e2e to the
    step that finishes it; throughput = output tokens / (first arrival to last completion), as the client does.
+   The process's heap is frozen meanwhile (`bench_serve.frozen_heap`), as the server's processes and bench-serve's
+   client freeze theirs: no side has a full garbage collection of torch's objects in the middle of a run.
 3. The engine is freed, then ONE server is started (`python -m shusheng.deploy.cli serve CKPT` in a subprocess,
    the same engine options on the command line) and, for every rate, driven by bench-serve's own client
    (`shusheng.deploy.bench_serve.run_benchmark`: streaming, `stream_options.include_usage`). The server's own
@@ -73,6 +75,7 @@ from shusheng.deploy.bench_serve import (
     WORDS,
     BenchServeConfig,
     arrival_times,
+    frozen_heap,
     percentiles,
     run_benchmark,
     sample_requests,
@@ -204,15 +207,17 @@ def run_offline(engine: LLMEngine, cfg: BenchServeConfig) -> dict:
 # ---- online ----
 
 @contextlib.contextmanager
-def server(ckpt: Path, flags: list[str], log: Path, env: dict | None = None, timeout: float = 600.0):
-    """`shusheng-deploy serve ckpt` as a subprocess on a free loopback port; yields its URL once /health is 200."""
+def server(ckpt: Path, flags: list[str], log: Path, env: dict | None = None, timeout: float = 600.0,
+           launcher: list[str] | None = None):
+    """`shusheng-deploy serve ckpt` as a subprocess on a free loopback port; yields its URL once /health is 200.
+    `launcher` replaces `python -m shusheng.deploy.cli` (a script that takes the CLI's arguments)."""
     import httpx
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "shusheng.deploy.cli", "serve", str(ckpt), "--host", "127.0.0.1", "--port", str(port),
-           "--served-model-name", "bench", *flags]
+    cmd = [*(launcher or [sys.executable, "-m", "shusheng.deploy.cli"]), "serve", str(ckpt), "--host", "127.0.0.1",
+           "--port", str(port), "--served-model-name", "bench", *flags]
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
@@ -395,15 +400,17 @@ def main(argv: list[str] | None = None) -> int:
         result["offline_kv_blocks"] = engine.runner.num_blocks
         print(f"offline engine ready in {time.perf_counter() - t0:.1f} s ({engine.runner.num_blocks} KV blocks)",
               flush=True)
-        if warm:
-            result["offline_warmup"] = {k: v for k, v in run_offline(engine, warm).items() if k != "requests"}
         offline = []
-        for rate, seed, n in runs:
-            engine.scheduler.num_preemptions = 0
-            offline.append(run_offline(engine, workload(rate, seed, n)))
-            o = offline[-1]
-            print(f"offline rate {rate:g}: {n} requests, {o['duration_s']:.1f} s, "
-                  f"{o['output_token_throughput']:.0f} out tok/s, TTFT mean {o['ttft_ms']['mean']:.1f} ms", flush=True)
+        with frozen_heap():  # as the server's processes freeze theirs (and bench-serve's client its own)
+            if warm:
+                result["offline_warmup"] = {k: v for k, v in run_offline(engine, warm).items() if k != "requests"}
+            for rate, seed, n in runs:
+                engine.scheduler.num_preemptions = 0
+                offline.append(run_offline(engine, workload(rate, seed, n)))
+                o = offline[-1]
+                print(f"offline rate {rate:g}: {n} requests, {o['duration_s']:.1f} s, "
+                      f"{o['output_token_throughput']:.0f} out tok/s, TTFT mean {o['ttft_ms']['mean']:.1f} ms",
+                      flush=True)
         del engine
         gc.collect()
         if opts["device"].startswith("cuda"):

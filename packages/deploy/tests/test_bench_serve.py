@@ -3,8 +3,10 @@ its metrics on hand-made timings, and its error paths."""
 
 import argparse
 import asyncio
+import gc
 import json
 import math
+import time
 
 import pytest
 
@@ -13,6 +15,7 @@ from shusheng.deploy.bench_serve import (
     RequestResult,
     add_arguments,
     arrival_times,
+    frozen_heap,
     main_from_args,
     percentiles,
     run_benchmark,
@@ -138,6 +141,16 @@ def test_arrivals_and_metrics():
     assert s["tpot_ms"]["mean"] == pytest.approx(100.0)  # (500 - 100) / (5 - 1); one-token replies have none
     assert s["ttft_ms"]["mean"] == pytest.approx(150.0) and s["e2e_ms"]["p50"] == pytest.approx(350.0)
     assert s["itl_ms"]["p50"] == pytest.approx(100.0)
+
+
+def test_frozen_heap_leaves_the_run_to_collect_only_its_own_objects():
+    before = gc.get_freeze_count()
+    with frozen_heap():
+        assert gc.get_freeze_count() > before  # everything alive at the start (torch's modules among them)
+        t0 = time.perf_counter()
+        gc.collect()
+        assert time.perf_counter() - t0 < 0.05  # a full collection walks nothing frozen
+    assert gc.get_freeze_count() == 0  # back to the oldest generation, collectable again
 
 
 @pytest.mark.parametrize("argv, message", [

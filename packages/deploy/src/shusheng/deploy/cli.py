@@ -146,7 +146,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from shusheng.model.chat import list_templates
 
     from .async_engine import AsyncEngine
-    from .engine_process import ProcessAsyncEngine
+    from .engine_process import ProcessAsyncEngine, freeze_heap
     from .llm_engine import LLMEngine
     from .server import build_app
 
@@ -166,6 +166,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     name = a.served_model_name or Path(a.path).resolve().name
     keys = [k.strip() for k in a.api_keys.split(",")] if a.api_keys else None
     app = build_app(engine, name, keys, a.chat_template, a.max_queue)
+    freeze_heap()
     uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level)
     return 0
 
