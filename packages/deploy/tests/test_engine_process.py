@@ -40,6 +40,41 @@ def test_streams_equal_the_in_process_engine(tiny_ckpt, process_engine):
     assert process_engine.num_unfinished == 0
 
 
+def test_full_outputs_through_the_pipe_equal_the_in_process_engine(tiny_ckpt, process_engine):
+    """Outputs cross the pipe as deltas: the final outputs (n=2, logprobs, prompt logprobs, a stop string) are
+    rebuilt equal to the in-process engine's, and the API side keeps nothing afterwards."""
+    params = [SamplingParams(max_tokens=8, temperature=0.9, seed=5, n=2, logprobs=2),
+              SamplingParams(max_tokens=6, temperature=0.0, prompt_logprobs=2, logprobs=0),
+              SamplingParams(max_tokens=10, temperature=0.0, stop=["e"], ignore_eos=True)]
+    ref = LLMEngine(EngineConfig.from_kwargs(str(tiny_ckpt), device="cpu", dtype="float32")).generate(PROMPTS, params)
+
+    async def last(prompt, p):
+        final = None
+        async for out in process_engine.generate(prompt, p):
+            final = out
+        return final
+
+    async def main():
+        return await asyncio.gather(*(last(q, p) for q, p in zip(PROMPTS, params, strict=True)))
+
+    def numbers(entries):  # logprobs may differ in the last bits between batch shapes
+        return [x for e in entries if e for x in (e["logprob"], *(v for _, v in e["top"]))]
+
+    def ids(entries):
+        return [(e["token_id"], [i for i, _ in e["top"]]) for e in entries if e]
+
+    for got, r in zip(asyncio.run(main()), ref, strict=True):
+        assert [(c.text, c.token_ids, c.finish_reason) for c in got.outputs] == \
+            [(c.text, c.token_ids, c.finish_reason) for c in r.outputs]
+        for g, e in [(c.logprobs, d.logprobs) for c, d in zip(got.outputs, r.outputs, strict=True)] + \
+                [(got.prompt_logprobs, r.prompt_logprobs)]:
+            assert (g is None) == (e is None)
+            if g is not None:
+                assert len(g) == len(e) and ids(g) == ids(e) and numbers(g) == pytest.approx(numbers(e), rel=1e-4)
+        assert got.prompt_token_ids == r.prompt_token_ids
+    assert len(process_engine._rebuilder) == 0
+
+
 def test_validation_happens_in_the_api_process(process_engine):
     limit = process_engine.engine.max_model_len
     with pytest.raises(ValueError, match="maximum context length"):

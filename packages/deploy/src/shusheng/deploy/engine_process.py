@@ -22,6 +22,8 @@ import concurrent.futures
 import gc
 import itertools
 import multiprocessing as mp
+import pickle
+import queue
 import threading
 import traceback
 
@@ -30,6 +32,7 @@ from shusheng.model.tokenizer import load_tokenizer
 from .async_engine import AsyncEngine
 from .config import EngineConfig
 from .llm_engine import RequestLimits, encode_prompt, prepare_prompt
+from .output_deltas import OutputRebuilder, delta
 from .sampling_params import SamplingParams
 
 
@@ -59,17 +62,63 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
+class _Outbox:
+    """The engine process's way out: messages are pickled by the caller and written by a sender thread, so a step
+    never waits for the API process to read the last one; step outputs go as deltas (`output_deltas`)."""
+
+    def __init__(self, conn):
+        self._conn = conn
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._started: set[str] = set()  # requests that have had an output (the first one carries more)
+        self._thread = threading.Thread(target=self._write, name="shusheng-engine-sender", daemon=True)
+        self._thread.start()
+
+    def _write(self) -> None:
+        while (data := self._queue.get()) is not None:
+            try:
+                self._conn.send_bytes(data)
+            except OSError:  # the API process is gone
+                return
+
+    def send(self, msg: tuple) -> None:
+        self._queue.put(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def outputs(self, outs: list, stats: dict) -> None:
+        slim = []
+        for out in outs:
+            first = out.request_id not in self._started
+            if out.finished:
+                self._started.discard(out.request_id)
+            elif first:
+                self._started.add(out.request_id)
+            slim.append(delta(out, first))
+        self.send(("outputs", slim, stats))
+
+    def close(self) -> None:
+        """Writes out everything queued, then stops the sender."""
+        self._queue.put(None)
+        self._thread.join()
+
+
 def _core_main(config: EngineConfig, conn) -> None:
     """The engine process: build the engine, then step while there is work, answering the pipe in between."""
     from .llm_engine import LLMEngine
 
+    out = _Outbox(conn)
     try:
-        engine = LLMEngine(config)
-    except BaseException as e:
-        conn.send(("failed", f"{type(e).__name__}: {e}"))
-        return
-    freeze_heap()
-    conn.send(("ready", engine.limits, engine.stats()))
+        try:
+            engine = LLMEngine(config)
+        except BaseException as e:
+            out.send(("failed", f"{type(e).__name__}: {e}"))
+            return
+        freeze_heap()
+        out.send(("ready", engine.limits, engine.stats()))
+        _loop(engine, out, conn)
+    finally:
+        out.close()
+
+
+def _loop(engine, out: _Outbox, conn) -> None:
     while True:
         if not engine.has_unfinished() or conn.poll():
             msg = conn.recv()  # blocks only when idle
@@ -81,15 +130,15 @@ def _core_main(config: EngineConfig, conn) -> None:
                     _, rid, text, ids, params = msg
                     engine.add_prepared(rid, text, ids, params)
                 elif kind == "abort":
-                    out = engine.abort(msg[1])
-                    if out is not None:
-                        conn.send(("outputs", [out], engine.stats()))
+                    final = engine.abort(msg[1])
+                    if final is not None:
+                        out.outputs([final], engine.stats())
                 elif kind == "call":
                     _, call_id, fn, args = msg
                     try:
-                        conn.send(("result", call_id, True, fn(engine, *args)))
+                        out.send(("result", call_id, True, fn(engine, *args)))
                     except Exception as e:  # the caller gets the error; the engine goes on
-                        conn.send(("result", call_id, False, e))
+                        out.send(("result", call_id, False, e))
                 if not conn.poll():
                     break
                 msg = conn.recv()
@@ -97,9 +146,9 @@ def _core_main(config: EngineConfig, conn) -> None:
             try:
                 outs = engine.step()
             except BaseException:
-                conn.send(("crashed", traceback.format_exc()))
+                out.send(("crashed", traceback.format_exc()))
                 raise
-            conn.send(("outputs", outs, engine.stats()))
+            out.outputs(outs, engine.stats())
 
 
 class ProcessAsyncEngine(AsyncEngine):
@@ -132,6 +181,7 @@ class ProcessAsyncEngine(AsyncEngine):
             raise RuntimeError(f"the engine failed to start: {msg[1]}")
         self.engine = EngineFrontend(tokenizer, msg[1], msg[2])
         self._send_lock = threading.Lock()
+        self._rebuilder = OutputRebuilder()  # guarded by _send_lock
         self._calls: dict[int, concurrent.futures.Future] = {}
         self._call_ids = itertools.count()
         self._stopping = False
@@ -142,6 +192,8 @@ class ProcessAsyncEngine(AsyncEngine):
             return
         try:
             with self._send_lock:
+                if item[0] == "add":  # the prompt stays here: outputs come back as deltas
+                    self._rebuilder.add(item[1], item[2], item[3])
                 self._conn.send(item)
         except (OSError, EOFError) as e:
             self._fail(RuntimeError(f"the engine process is gone: {e}"))
@@ -165,7 +217,9 @@ class ProcessAsyncEngine(AsyncEngine):
                 break
             if msg[0] == "outputs":
                 self.engine.latest_stats = msg[2]
-                self._deliver_many(msg[1])
+                with self._send_lock:
+                    outs = [out for d in msg[1] if (out := self._rebuilder.rebuild(d)) is not None]
+                self._deliver_many(outs)
             elif msg[0] == "result":
                 _, call_id, ok, value = msg
                 future = self._calls.pop(call_id, None)

@@ -469,9 +469,10 @@ class LLMEngine:
         outs = []
         for c in sorted(req.choices, key=lambda c: c.out.index):
             o = c.out
-            # a finished choice hands over its lists; a running one a copy (the engine keeps appending to its own)
+            # a finished choice hands over its lists; a running one copies (the engine keeps appending to its own)
             tokens = o.token_ids if o.finished else list(o.token_ids)
-            outs.append(CompletionOutput(o.index, o.text, tokens, o.logprobs, o.finish_reason, o.stop_reason,
+            logprobs = o.logprobs if o.finished or o.logprobs is None else list(o.logprobs)
+            outs.append(CompletionOutput(o.index, o.text, tokens, logprobs, o.finish_reason, o.stop_reason,
                                          o.delta_text, o.delta_token_ids))
             o.delta_text, o.delta_token_ids = "", []
         seq0 = req.choices[0].seq

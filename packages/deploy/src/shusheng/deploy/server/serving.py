@@ -223,7 +223,8 @@ def chat_stream(state: ServerState, req: ChatCompletionRequest) -> AsyncIterator
                     delta["tool_calls"] = calls
                 lp = None
                 if plan.logprobs and c.logprobs and c.delta_token_ids:
-                    lp = _chat_logprobs(tokenizer, c.logprobs[len(c.logprobs) - len(c.delta_token_ids):])
+                    end = len(c.token_ids)  # a snapshot; the engine may have appended to c.logprobs since
+                    lp = _chat_logprobs(tokenizer, c.logprobs[end - len(c.delta_token_ids) : end])
                 if delta or finish or lp:
                     yield chunk(c.index, delta, finish, lp)
         _count(state, final)

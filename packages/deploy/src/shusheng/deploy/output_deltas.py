@@ -1,0 +1,80 @@
+"""Step outputs as deltas across a process boundary, and their reassembly on the other side.
+
+An engine's `RequestOutput` for a running request is a snapshot: the prompt, every token id, text and logprob so far,
+plus what is new since the request's previous output. Shipping snapshots between processes costs O(length) per
+request per step, so a long stream costs O(length^2) in pickling. `delta` keeps only what is new (the prompt's
+log-probs travel once, with the request's first output); `OutputRebuilder`, on the receiving side, knows each
+request's prompt and appends the deltas, and hands out outputs equal to the engine's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .outputs import CompletionOutput, RequestOutput
+
+
+def delta(out: RequestOutput, first: bool) -> RequestOutput:
+    """`out` without the prompt or what earlier outputs of the request carried; `first`: its first output."""
+    outs = []
+    for c in out.outputs:
+        end = len(c.token_ids)  # the delta's tokens are the last of the snapshot (a list may run ahead of it)
+        new_logprobs = None if c.logprobs is None else c.logprobs[end - len(c.delta_token_ids) : end]
+        outs.append(CompletionOutput(c.index, "", [], new_logprobs, c.finish_reason, c.stop_reason, c.delta_text,
+                                     c.delta_token_ids))
+    return RequestOutput(out.request_id, None, [], outs, out.finished, out.prompt_logprobs if first else None,
+                         out.num_cached_tokens, out.metrics)
+
+
+@dataclass
+class _Request:
+    prompt: str | None
+    prompt_token_ids: list[int]
+    choices: dict[int, CompletionOutput] = field(default_factory=dict)
+    prompt_logprobs: list | None = None
+
+
+class OutputRebuilder:
+    """Turns the deltas of `delta` back into full outputs; `add` each request before its first output arrives.
+
+    Not thread-safe: one thread adds and rebuilds (or guard it with a lock)."""
+
+    def __init__(self):
+        self._requests: dict[str, _Request] = {}
+
+    def add(self, request_id: str, prompt: str | None, prompt_token_ids: list[int]) -> None:
+        self._requests[request_id] = _Request(prompt, prompt_token_ids)
+
+    def drop(self, request_id: str) -> None:
+        self._requests.pop(request_id, None)
+
+    def __len__(self) -> int:
+        return len(self._requests)
+
+    def rebuild(self, d: RequestOutput) -> RequestOutput | None:
+        """The full output that `d` is the delta of; None for a request not added (or already finished)."""
+        req = self._requests.get(d.request_id)
+        if req is None:
+            return None
+        if d.prompt_logprobs is not None:
+            req.prompt_logprobs = d.prompt_logprobs
+        outs = []
+        for c in d.outputs:
+            acc = req.choices.get(c.index)
+            if acc is None:
+                acc = req.choices[c.index] = CompletionOutput(c.index, logprobs=None if c.logprobs is None else [])
+            acc.text += c.delta_text
+            acc.token_ids.extend(c.delta_token_ids)
+            if c.logprobs is not None:
+                acc.logprobs.extend(c.logprobs)
+            acc.finish_reason, acc.stop_reason = c.finish_reason, c.stop_reason
+            done = d.finished
+            # a finished request hands over its lists; a running one copies (later deltas extend them)
+            outs.append(CompletionOutput(
+                c.index, acc.text, acc.token_ids if done else list(acc.token_ids),
+                acc.logprobs if done or acc.logprobs is None else list(acc.logprobs), c.finish_reason, c.stop_reason,
+                c.delta_text, c.delta_token_ids))
+        if d.finished:
+            del self._requests[d.request_id]
+        return RequestOutput(d.request_id, req.prompt, req.prompt_token_ids, outs, d.finished, req.prompt_logprobs,
+                             d.num_cached_tokens, d.metrics)

@@ -1,0 +1,41 @@
+"""Step outputs shipped as deltas between processes rebuild to exactly the engine's own outputs."""
+
+import copy
+
+from shusheng.deploy import EngineConfig, LLMEngine, SamplingParams
+from shusheng.deploy.output_deltas import OutputRebuilder, delta
+
+
+def test_rebuilt_outputs_equal_the_engines(tiny_ckpt):
+    eng = LLMEngine(EngineConfig.from_kwargs(str(tiny_ckpt), device="cpu"))
+    requests = {
+        "n2": ("hello world", SamplingParams(max_tokens=9, temperature=0.8, seed=1, n=2, logprobs=2)),
+        "echo": ("the cat sat on", SamplingParams(max_tokens=5, temperature=0.0, prompt_logprobs=1, logprobs=0)),
+        "stop": ("a b c d e f", SamplingParams(max_tokens=12, temperature=0.0, stop=["e"], ignore_eos=True)),
+        "aborted": ("x y z", SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True)),
+    }
+    rebuilder, started = OutputRebuilder(), set()
+    for rid, (prompt, params) in requests.items():
+        eng.add_request(prompt, params, request_id=rid)
+        rebuilder.add(rid, prompt, eng.encode_prompt(prompt))
+    compared, step, twice = 0, 0, 0
+    while eng.has_unfinished():
+        if step == 3:  # prompt logprobs: its prefill step is read back at once, after the overlapped step before
+            # it, so one step() returns two outputs of each running request
+            eng.add_request("late one", SamplingParams(max_tokens=3, prompt_logprobs=0), request_id="late")
+            rebuilder.add("late", "late one", eng.encode_prompt("late one"))
+        outs = eng.step()
+        if step == 4:
+            outs.append(eng.abort("aborted"))
+        step += 1
+        ids = [o.request_id for o in outs]
+        twice += len(ids) > len(set(ids))
+        expected_all = copy.deepcopy(outs)
+        for out, expected in zip(outs, expected_all, strict=True):
+            first = out.request_id not in started
+            started.add(out.request_id)
+            rebuilt = rebuilder.rebuild(delta(out, first))
+            assert rebuilt == expected
+            compared += 1
+    assert compared > 20 and twice and len(rebuilder) == 0  # every request finished and was dropped
+    assert rebuilder.rebuild(delta(expected, False)) is None  # unknown (finished) requests are ignored
