@@ -81,6 +81,18 @@ def test_poisson_synthetic_chat(server):
     json.dumps(result)  # serializable as is
 
 
+def test_requests_shared_by_client_processes(server):
+    cfg = BenchServeConfig(server, endpoint="completions", num_prompts=7, request_rate=40.0, seed=5, input_len=(3, 6),
+                           output_len=(3, 9), api_key=KEY, client_processes=2)
+    result = asyncio.run(run_benchmark(cfg))
+    check_all_succeeded(result, 7)
+    # records in the run's request order, whichever process sent them
+    assert [r["max_tokens"] for r in result["requests"]] == [q.max_tokens for q in synthetic_requests(cfg)]
+    assert result["duration_s"] >= arrival_times(7, 40.0, cfg.seed + 1)[-1]
+    with pytest.raises(ValueError, match="client_processes must be >= 1"):
+        BenchServeConfig(server, client_processes=0)
+
+
 def test_fixed_concurrency_sharegpt_completions_cli(server, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     usable = [("Tell me about the quick brown fox.", "The fox jumps over the lazy dog, quickly."),

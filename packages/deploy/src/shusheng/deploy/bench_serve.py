@@ -73,6 +73,9 @@ class BenchServeConfig:
         temperature: sampling temperature of every request.
         api_key: bearer token; default the OPENAI_API_KEY environment variable.
         request_timeout: seconds one request may take in all before it counts as failed.
+        client_processes: client processes sharing the requests (request i goes to process i mod k, each on the
+            common arrival schedule). One Python process parses every SSE event of every stream; at thousands of
+            events per second it becomes the bottleneck and its queueing shows up as server latency.
     """
 
     base_url: str
@@ -90,6 +93,7 @@ class BenchServeConfig:
     temperature: float = 0.0
     api_key: str | None = None
     request_timeout: float = 600.0
+    client_processes: int = 1
 
     def __post_init__(self):
         if not self.base_url.startswith(("http://", "https://")):
@@ -103,6 +107,8 @@ class BenchServeConfig:
             raise ValueError(f"request_rate must be > 0 (inf: all at once), got {self.request_rate}")
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
+        if self.client_processes < 1:
+            raise ValueError(f"client_processes must be >= 1, got {self.client_processes}")
         if isinstance(self.input_len, str):
             self.input_len = parse_range(self.input_len)
         if isinstance(self.output_len, str):
@@ -391,22 +397,14 @@ async def run_benchmark(config: BenchServeConfig) -> dict:
         ValueError: the server cannot be reached or names no model, or the dataset is missing or unusable.
     """
     requests = sample_requests(config)
-    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
-    limits = httpx.Limits(max_connections=config.max_concurrency, max_keepalive_connections=config.max_concurrency)
-    timeout = httpx.Timeout(config.request_timeout, connect=10.0)
     with frozen_heap():
-        async with httpx.AsyncClient(base_url=config.base_url, headers=headers, limits=limits,
-                                     timeout=timeout) as client:
+        async with _client(config) as client:
             model = await resolve_model(client, config)
-            semaphore = asyncio.Semaphore(config.max_concurrency) if config.max_concurrency else None
-            times = arrival_times(len(requests), config.request_rate, config.seed + 1)
-            start = time.perf_counter()
-            tasks = []
-            for t, req in zip(times, requests, strict=True):
-                await asyncio.sleep(max(0.0, start + t - time.perf_counter()))
-                tasks.append(asyncio.create_task(send_request(client, config, model, req, semaphore)))
-            results = await asyncio.gather(*tasks)
-            duration = time.perf_counter() - start
+            if config.client_processes == 1:
+                results, start, end = await _send(client, config, model, requests, range(len(requests)))
+            else:
+                results, start, end = await asyncio.to_thread(_send_in_processes, config, model, len(requests))
+    duration = end - start
     summary = summarize(results, duration)
     cfg = {k: v for k, v in asdict(config).items() if k != "api_key"}
     cfg["request_rate"] = str(config.request_rate) if math.isinf(config.request_rate) else config.request_rate
@@ -420,6 +418,66 @@ async def run_benchmark(config: BenchServeConfig) -> dict:
     ]
     return {"model": model, "endpoint": config.endpoint, "base_url": config.base_url, "config": cfg, **summary,
             "requests": records}
+
+
+def _client(config: BenchServeConfig) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+    per_process = None if config.max_concurrency is None else -(-config.max_concurrency // config.client_processes)
+    limits = httpx.Limits(max_connections=per_process, max_keepalive_connections=per_process)
+    timeout = httpx.Timeout(config.request_timeout, connect=10.0)
+    return httpx.AsyncClient(base_url=config.base_url, headers=headers, limits=limits, timeout=timeout)
+
+
+async def _send(client: httpx.AsyncClient, config: BenchServeConfig, model: str, requests: list[Request],
+                indices) -> tuple[list[RequestResult], float, float]:
+    """Requests `indices` of the run, each at its arrival time: (results, start, end) in time.time() seconds."""
+    limit = config.max_concurrency
+    semaphore = asyncio.Semaphore(-(-limit // config.client_processes)) if limit else None
+    times = arrival_times(len(requests), config.request_rate, config.seed + 1)
+    start, t0 = time.time(), time.perf_counter()
+    tasks = []
+    for i in indices:
+        await asyncio.sleep(max(0.0, t0 + times[i] - time.perf_counter()))
+        tasks.append(asyncio.create_task(send_request(client, config, model, requests[i], semaphore)))
+    results = await asyncio.gather(*tasks)
+    return results, start, time.time()
+
+
+def _client_process(config: BenchServeConfig, model: str, part: int, ready, out) -> None:
+    """One of `client_processes`: its share of the requests, started when every process is ready."""
+
+    async def main():
+        requests = sample_requests(config)
+        async with _client(config) as client:
+            ready.wait()
+            return await _send(client, config, model, requests, range(part, len(requests), config.client_processes))
+
+    try:
+        with frozen_heap():
+            out.put((part, *asyncio.run(main())))
+    except BaseException as e:  # the parent raises it
+        out.put((part, e, 0.0, 0.0))
+
+
+def _send_in_processes(config: BenchServeConfig, model: str, n: int) -> tuple[list[RequestResult], float, float]:
+    import multiprocessing as mp
+
+    k = config.client_processes
+    ctx = mp.get_context("spawn")
+    ready, out = ctx.Barrier(k), ctx.Queue()
+    procs = [ctx.Process(target=_client_process, args=(config, model, part, ready, out), daemon=True)
+             for part in range(k)]
+    for proc in procs:
+        proc.start()
+    parts = [out.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    results: list = [None] * n
+    for part, res, _, _ in parts:
+        if isinstance(res, BaseException):
+            raise RuntimeError(f"client process {part} failed: {res!r}")
+        results[part::k] = res
+    return results, min(p[2] for p in parts), max(p[3] for p in parts)
 
 
 def format_summary(s: dict) -> str:
@@ -468,6 +526,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--api-key", default=None, help="bearer token (default: $OPENAI_API_KEY)")
     p.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request")
+    p.add_argument("--client-processes", type=int, default=1,
+                   help="client processes sharing the requests (one process parsing every SSE event of a big run "
+                        "becomes the bottleneck)")
     p.add_argument("--json", default=None, help="also write the results here")
 
 
@@ -485,7 +546,7 @@ def main_from_args(args: argparse.Namespace) -> int:
             request_rate=args.request_rate, max_concurrency=args.max_concurrency, seed=args.seed,
             input_len=args.input_len, output_len=args.output_len, dataset=args.dataset, max_seq_len=args.max_seq_len,
             ignore_eos=not args.no_ignore_eos, temperature=args.temperature, api_key=args.api_key,
-            request_timeout=args.request_timeout,
+            request_timeout=args.request_timeout, client_processes=args.client_processes,
         )
         result = asyncio.run(run_benchmark(config))
     except ValueError as e:
