@@ -82,12 +82,18 @@ def _chunk_keys(args: tuple[int, int, MinHashConfig]) -> np.ndarray:
     return band_keys(signatures(_WORKER_TEXTS[lo:hi], config), config.bands, config.rows)
 
 
+def _band_pairs(keys: np.ndarray) -> np.ndarray:
+    return band_pairs(np.arange(len(keys)), keys, all_pairs=True)
+
+
 def ours_parallel(pool, n: int, config: MinHashConfig, chunks: int) -> np.ndarray:
-    """Each worker already holds the texts (as a runner's worker reads its own shard): chunks -> band keys, pairs in
-    the parent."""
+    """Each worker already holds the texts (as a runner's worker reads its own shard): chunks -> band keys; then
+    one job per band -> its pairs (as the dedup step's band jobs); the union of the bands' pairs in the parent."""
     bounds = np.linspace(0, n, chunks + 1).astype(int).tolist()
-    keys = pool.map(_chunk_keys, [(a, b, config) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
-    return candidate_pairs(np.arange(n), np.concatenate(keys), all_pairs=True)
+    keys = np.concatenate(pool.map(_chunk_keys, [(a, b, config) for a, b in zip(bounds[:-1], bounds[1:],
+                                                                                strict=True)]))
+    pairs = np.concatenate(pool.map(_band_pairs, [np.ascontiguousarray(keys[:, j]) for j in range(config.bands)]))
+    return np.unique(pairs, axis=0) if len(pairs) else pairs
 
 
 def _spin(_: int) -> int:
