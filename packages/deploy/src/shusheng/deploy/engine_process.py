@@ -24,6 +24,7 @@ import itertools
 import multiprocessing as mp
 import pickle
 import queue
+import sys
 import threading
 import traceback
 
@@ -104,6 +105,9 @@ def _core_main(config: EngineConfig, conn) -> None:
     """The engine process: build the engine, then step while there is work, answering the pipe in between."""
     from .llm_engine import LLMEngine
 
+    # the sender thread needs the GIL to hand each step's outputs to the pipe: while the engine runs Python, it
+    # waits up to a switch interval for it (5 ms by default, more than a decode step)
+    sys.setswitchinterval(0.001)
     out = _Outbox(conn)
     try:
         try:
