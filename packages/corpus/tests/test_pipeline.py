@@ -121,6 +121,11 @@ def test_cli_steps_and_errors(tmp_path, capsys):
                  "--output", str(tmp_path / "k")]) == 0
     assert (tmp_path / "k" / "tokens" / "metadata.json").exists()
     capsys.readouterr()
+    # a rerun into the same folder with other dedup settings would reuse stale keys: refused, naming the change
+    assert main(["dedup", str(tmp_path / "f" / "stages"), "--output", str(tmp_path / "d"),
+                 "--method", "minhash"]) == 2
+    err = capsys.readouterr().err
+    assert "holds work made with other settings" in err and "method: 'exact'" in err and "now " in err
     assert main(["stats", str(tmp_path / "in")]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["documents"] == 20 and {"en", "zh"} <= set(stats["languages"])

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -190,10 +191,27 @@ def filter_job(job: dict) -> dict:
     return result
 
 
+def _check_settings(work: Path, settings: dict) -> None:
+    """A rerun resumes only work made with the same settings: keys, edges and drops of other ones would be reused
+    silently (or miss the files verification needs)."""
+    path = work / "settings.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != settings:
+            changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            was = ", ".join(f"{k}: {old.get(k)!r}" for k in changed)
+            now = ", ".join(f"{k}: {settings.get(k)!r}" for k in changed)
+            raise ValueError(f"dedup: {work} holds work made with other settings ({was}; now {now}); delete that "
+                             "folder to deduplicate again, or use another output folder")
+    else:
+        write_json(path, settings)
+
+
 def run_dedup(spec: dict, shards: list[Path], out: Path, executor) -> tuple[dict, list[Path]]:
     method, cfg = _config(spec)
     work = out / "dedup"
     work.mkdir(parents=True, exist_ok=True)
+    _check_settings(work, {"method": method, **(asdict(cfg) if cfg is not None else {})})
     jobs = [{"path": str(p), "keys": str(work / (p.name.replace(".jsonl.gz", "") + ".keys.npy")), "spec": spec}
             for p in shards]
     counts = [r["docs"] for r in executor.map(keys_job, jobs, desc=f"dedup keys ({method})")]
