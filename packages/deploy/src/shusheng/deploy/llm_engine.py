@@ -17,6 +17,7 @@ from shusheng.model.tokenizer import IncrementalDetokenizer, Tokenizer, load_tok
 
 from .block_manager import BlockManager
 from .config import EngineConfig
+from .launched_step import HostSamples, LaunchedStep, needs_host_tokens
 from .model_runner import Feed, ModelRunner, StepLogits, to_device
 from .outputs import CompletionOutput, RequestOutput
 from .sampler import Sampler, SamplerOutput, SamplingTensors, make_generator, prompt_logprobs
@@ -112,54 +113,6 @@ class _Request:
         return len(self.choices) == self.params.n and all(c.out.finished for c in self.choices)
 
 
-def _needs_host_tokens(p: SamplingParams) -> bool:
-    """The next step's sampling reads this sequence's output tokens on the host (penalties)."""
-    return p.repetition_penalty != 1.0 or bool(p.presence_penalty) or bool(p.frequency_penalty)
-
-
-class _HostSamples:
-    """A step's samples on their way to the host: copies into pinned memory behind an event (CUDA), or the
-    tensors themselves (CPU)."""
-
-    def __init__(self, sampled: SamplerOutput, logprobs: bool):
-        parts = [sampled.token_ids]
-        if logprobs:
-            parts += [sampled.logprobs] + ([sampled.top_token_ids, sampled.top_logprobs]
-                                           if sampled.top_token_ids is not None else [])
-        self.event = None
-        if parts[0].device.type == "cuda":
-            parts = [_pinned_copy(t) for t in parts]
-            self.event = torch.cuda.Event()
-            self.event.record()
-        self.token_ids = parts[0]
-        self.logprobs = parts[1] if logprobs else None
-        self.top_token_ids, self.top_logprobs = (parts[2], parts[3]) if len(parts) == 4 else (None, None)
-
-    def wait(self) -> _HostSamples:
-        if self.event is not None:
-            self.event.synchronize()
-        return self
-
-
-def _pinned_copy(t: torch.Tensor) -> torch.Tensor:
-    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-    return host.copy_(t, non_blocking=True)
-
-
-@dataclass
-class _Launched:
-    """A step launched on the device, and what reading its samples back needs."""
-
-    batch: ScheduledBatch
-    step: StepLogits
-    choices: list[_Choice]  # one per sampled row
-    positions: list[int]  # where each row's token goes in its sequence's token_ids (a PENDING entry until then)
-    sampled: SamplerOutput | None  # on the device
-    rows: dict[int, int]  # seq_id -> sampled row
-    overlap: bool  # may be read back after the next step is launched
-    host: _HostSamples | None = None
-
-
 class LLMEngine:
     """A continuous-batching engine over one checkpoint.
 
@@ -186,7 +139,7 @@ class LLMEngine:
         self.eos_ids = self._eos_ids()
         self.requests: dict[str, _Request] = {}
         self._counter = itertools.count()
-        self._inflight: _Launched | None = None  # the step whose samples are read back in the next step() call
+        self._inflight: LaunchedStep | None = None  # the step whose samples are read back in the next step() call
         self.gpu_wait_s = 0.0  # time the host spent waiting for sampled tokens (~0: the host is the bottleneck)
 
     @classmethod
@@ -299,7 +252,7 @@ class LLMEngine:
                 outputs += self._complete(launched, final_only)
         return outputs
 
-    def _launch(self, batch: ScheduledBatch, prev: _Launched | None) -> _Launched:
+    def _launch(self, batch: ScheduledBatch, prev: LaunchedStep | None) -> LaunchedStep:
         """Run the batch and sample on the device; each sampling sequence gets a PENDING token for its sample."""
         feed = None if prev is None else Feed(prev.sampled.token_ids, prev.rows)
         step = self.runner.run(batch, feed)
@@ -321,14 +274,14 @@ class LLMEngine:
                 seq.last_is_pending_final = n + 1 - seq.num_prompt_tokens >= c.max_tokens
         wants_logprobs = any(c.out.logprobs is not None for c in choices)
         overlap = (self.config.async_scheduling and not step.prompt_logits and sampled is not None
-                   and not any(_needs_host_tokens(c.seq.params) for c in choices))
-        launched = _Launched(batch, step, choices, positions, sampled,
+                   and not any(needs_host_tokens(c.seq.params) for c in choices))
+        launched = LaunchedStep(batch, step, choices, positions, sampled,
                              {c.seq.seq_id: i for i, c in enumerate(choices)}, overlap)
         if sampled is not None:
-            launched.host = _HostSamples(sampled, wants_logprobs)
+            launched.host = HostSamples(sampled, wants_logprobs)
         return launched
 
-    def _complete(self, launched: _Launched, final_only: bool) -> list[RequestOutput]:
+    def _complete(self, launched: LaunchedStep, final_only: bool) -> list[RequestOutput]:
         """Read a launched step's samples back, then detokenize, stop-check and build the outputs."""
         if launched.step.prompt_logits:
             self._prompt_logprobs(launched.step)
@@ -399,7 +352,7 @@ class LLMEngine:
         gens = {i: c.generator for i, c in enumerate(choices) if c.generator is not None}
         return self.sampler(logits, tensors, gens)
 
-    def _append(self, c: _Choice, row: int, token: int, logprobs: list[float] | None, sampled: _HostSamples,
+    def _append(self, c: _Choice, row: int, token: int, logprobs: list[float] | None, sampled: HostSamples,
                 defer_text: bool = False) -> None:
         """Adds a sampled token to its choice: logprobs, text, stop checks; finishes the sequence when it stops.
 
