@@ -73,9 +73,11 @@ class BlockManager:
         """Register the blocks that became full of computed tokens, so later requests can hit them."""
         if not self.enable_prefix_caching:
             return
-        hashes = self.hashes.setdefault(seq.seq_id, [])
         full = seq.num_computed // self.block_size
-        if full <= len(hashes):
+        hashes = self.hashes.get(seq.seq_id)
+        if hashes is None:
+            hashes = self.hashes[seq.seq_id] = []
+        elif full <= len(hashes):  # no block filled since (most decode steps): nothing to hash
             return
         new = self._chain(seq.token_ids, full, len(hashes), hashes[-1] if hashes else None)
         for i, h in enumerate(new, len(hashes)):

@@ -90,7 +90,6 @@ class _Choice:
     stop: StopChecker
     out: CompletionOutput
     request: _Request
-    max_tokens: int  # output tokens at most (the length limit the stop checker applies)
     generator: torch.Generator | None = None
     deferred: list[int] = field(default_factory=list)  # ids whose text is not made yet (see LLMEngine._append)
 
@@ -188,14 +187,12 @@ class LLMEngine:
 
     def _choice(self, req: _Request, seq: Sequence, index: int, max_tokens: int) -> _Choice:
         p = seq.params
-        stop = StopChecker(p, self.eos_ids, max_tokens=max_tokens)
         return _Choice(
             seq=seq,
             detok=IncrementalDetokenizer(self.tokenizer, skip_special_tokens=p.skip_special_tokens),
-            stop=stop,
+            stop=StopChecker(p, self.eos_ids, max_tokens=max_tokens),
             out=CompletionOutput(index=index, logprobs=[] if p.logprobs is not None else None),
             request=req,
-            max_tokens=stop.max_tokens,
             generator=make_generator(p.seed + index, self.runner.device) if p.seed is not None else None,
         )
 
@@ -241,10 +238,8 @@ class LLMEngine:
         launched = self._launch(batch, prev) if batch.seqs else None
         outputs = self._complete(prev, final_only) if prev is not None else []
         if launched is not None:
-            bs = self.block_manager.block_size
-            for seq, n in zip(launched.batch.seqs, launched.batch.num_new_tokens, strict=True):
-                # the tokens of every computed position are known now; a decode fills a block at its last slot
-                if seq.status == Status.RUNNING and (n > 1 or seq.num_computed % bs == 0):
+            for seq in launched.batch.seqs:  # the tokens of every computed position are known now
+                if seq.status == Status.RUNNING:
                     self.block_manager.commit(seq)
             if launched.overlap:
                 self._inflight = launched
@@ -271,7 +266,7 @@ class LLMEngine:
                 positions.append(n)
                 seq.token_ids.append(PENDING)
                 # the length limit is known now: the scheduler need not run the sequence on its last token
-                seq.last_is_pending_final = n + 1 - seq.num_prompt_tokens >= c.max_tokens
+                seq.last_is_pending_final = n + 1 - seq.num_prompt_tokens >= c.stop.max_tokens
         wants_logprobs = any(c.out.logprobs is not None for c in choices)
         overlap = (self.config.async_scheduling and not step.prompt_logits and sampled is not None
                    and not any(needs_host_tokens(c.seq.params) for c in choices))
@@ -325,15 +320,14 @@ class LLMEngine:
                 continue
             req = self.requests[seq.request_id]
             family = [seq]
-            if not seq.forked:
-                seq.forked = True
-                max_tokens = req.choices[0].stop.max_tokens
-                for k in range(1, seq.params.n):
-                    child = seq.fork(k)
-                    self.block_manager.fork(seq, child)
-                    self.scheduler.admit_fork(child, after=family[-1])
-                    req.choices.append(self._choice(req, child, k, max_tokens))
-                    family.append(child)
+            seq.forked = True
+            max_tokens = req.choices[0].stop.max_tokens
+            for k in range(1, seq.params.n):
+                child = seq.fork(k)
+                self.block_manager.fork(seq, child)
+                self.scheduler.admit_fork(child, after=family[-1])
+                req.choices.append(self._choice(req, child, k, max_tokens))
+                family.append(child)
             for s in family:
                 rows.append(i)
                 choices.append(req.choices[s.index])
@@ -393,9 +387,7 @@ class LLMEngine:
         is dropped (unless include_stop_str_in_output), "length" flushes a held-back partial character."""
         ids, c.deferred = c.deferred, []
         if reason == "stop" and not c.seq.params.include_stop_str_in_output:
-            text = c.detok.add_many(ids[:-1])
-            c.detok.add(ids[-1])
-            return text
+            return c.detok.add_many(ids[:-1])  # the finished choice's detokenizer is not used again
         text = c.detok.add_many(ids)
         return text + c.detok.flush() if reason == "length" else text
 

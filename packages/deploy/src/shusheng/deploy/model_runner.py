@@ -22,11 +22,15 @@ from .paged_attention import AttentionMetadata, PagedAttention, ops_for
 from .scheduler import ScheduledBatch
 from .sequence import PENDING, Sequence
 
-_ZEROS = array("i", bytes(4 * 4096))
 
-
-def _zeros(n: int) -> array:
-    return _ZEROS[:n] if n <= len(_ZEROS) else array("i", bytes(4 * n))
+def block_tables(seqs: list[Sequence]) -> Tensor:
+    """(B, longest table) int32 CPU tensor of the sequences' block tables, zero-padded (the rows are built in an
+    int array: several times faster than a tensor from nested lists)."""
+    width = max(len(s.block_table) for s in seqs)
+    flat = array("i", bytes(4 * width * len(seqs)))
+    for i, s in enumerate(seqs):
+        flat[i * width : i * width + len(s.block_table)] = array("i", s.block_table)
+    return torch.frombuffer(flat, dtype=torch.int32).view(len(seqs), width)
 
 
 @dataclass
@@ -189,8 +193,6 @@ class ModelRunner:
         bs = self.block_size
         ids, pos, slots, ctx, sample_rows, sample_seqs, prompt_rows = [], [], [], [], [], [], {}
         fed = []  # (input row, row of feed.tokens)
-        width = max(len(s.block_table) for s in batch.seqs)
-        tables = array("i")
         for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
             s = seq.num_computed
             row0 = len(ids)
@@ -201,16 +203,13 @@ class ModelRunner:
             pos += range(s, s + n)
             table = seq.block_table
             slots += [table[p // bs] * bs + p % bs for p in range(s, s + n)]
-            tables.extend(table)
-            tables.extend(_zeros(width - len(table)))
             ctx.append(s + n)
             if s + n == seq.num_tokens:
                 sample_rows.append(len(ids) - 1)
                 sample_seqs.append(seq)
             if seq.params.prompt_logprobs is not None and s < seq.num_prompt_tokens:
                 prompt_rows[seq.seq_id] = (s, range(row0, row0 + min(n, seq.num_prompt_tokens - s)))
-        tables = torch.frombuffer(tables, dtype=torch.int32).view(len(batch), width)
-        self.attn.meta = self._metadata(slots, tables, batch.num_new_tokens, ctx, decode_only)
+        self.attn.meta = self._metadata(slots, block_tables(batch.seqs), batch.num_new_tokens, ctx, decode_only)
         dev = self.device
         ids = to_device(ids, torch.long, dev)
         if fed:
@@ -294,8 +293,6 @@ class ModelRunner:
         # staged inputs, one row each: ids, positions, slots, context lengths, row of the fed token (-1: none);
         # padded rows: token 0 at position 0, written nowhere, attending to one slot
         ids, pos, slots, ctx, src = [0] * size, [0] * size, [-1] * size, [1] * size, [-1] * size
-        width = max(len(s.block_table) for s in batch.seqs)
-        tables = array("i")
         rows = feed.rows if feed is not None else {}
         fed = False
         for i, seq in enumerate(batch.seqs):
@@ -310,15 +307,13 @@ class ModelRunner:
             pos[i] = p
             slots[i] = table[p // bs] * bs + p % bs
             ctx[i] = p + 1
-            tables.extend(table)
-            tables.extend(_zeros(width - len(table)))
         self._g_vec[:, :size].copy_(to_device([ids, pos, slots, ctx, src], torch.long, self.device))
         self._g_ctx[:size].copy_(self._g_vec[3, :size])
         if fed:  # the tokens sampled by the step before, without a round trip through the host
             g_src = self._g_vec[4, :size]
             self._g_ids[:size] = torch.where(g_src >= 0, feed.tokens[g_src.clamp(min=0)], self._g_ids[:size])
-        tables = torch.frombuffer(tables, dtype=torch.int32).view(B, width)
-        self._g_tables[:B, :width].copy_(to_device(tables, torch.int32, self.device))
+        tables = block_tables(batch.seqs)
+        self._g_tables[:B, : tables.shape[1]].copy_(to_device(tables, torch.int32, self.device))
         graph.replay()
         self.graph_replays += 1
         return StepLogits(out[:B].float(), list(batch.seqs))

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from .config import ModelConfig
-from .fileio import atomic_dir
+from .fileio import atomic_dir, write_json
 from .model import Transformer
 
 SAVE_FORMATS = ("internlm2", "llama", "qwen2", "mistral")
@@ -266,8 +266,8 @@ def save_pretrained(
         _write_weights(hf, tmp, _parse_size(max_shard_size))
         gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
         gen.update(generation_config or {})
-        _write_json(tmp / "config.json", config)
-        _write_json(tmp / "generation_config.json", gen)
+        write_json(tmp / "config.json", config)
+        write_json(tmp / "generation_config.json", gen)
         if tokenizer is not None:
             tokenizer.save(tmp)
     return path
@@ -284,8 +284,4 @@ def _write_weights(hf: dict[str, Tensor], folder: Path, max_bytes: int) -> None:
         save_file(shard, folder / name, metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(shard, name))
     total = sum(t.numel() * t.element_size() for t in hf.values())
-    _write_json(folder / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    write_json(folder / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
