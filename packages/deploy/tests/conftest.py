@@ -14,6 +14,7 @@ if not torch.cuda.is_available():  # Triton kernels run in its interpreter on CP
 from tokenizers import Tokenizer as RawTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from shusheng.deploy.bench import save_random_checkpoint
 from shusheng.model import ModelConfig, build_model, load_tokenizer, save_pretrained
 
 TEXT = [
@@ -57,13 +58,7 @@ def tiny_ckpt(tmp_path_factory):
     cfg = ModelConfig.from_name("tiny", vocab_size=tok.vocab_size, num_heads=4, num_kv_heads=2,
                                 bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.eos_id,
                                 max_position_embeddings=512)
-    model = build_model(cfg, seed=0)
-    with torch.no_grad():
-        for i, (name, p) in enumerate(model.named_parameters()):
-            if not name.endswith("norm.weight"):
-                p.normal_(0, 0.3, generator=torch.Generator().manual_seed(i))
-    save_pretrained(model, folder / "ckpt", format="internlm2", tokenizer=tok)
-    return folder / "ckpt"
+    return save_random_checkpoint(folder / "ckpt", cfg, tok, std=0.3)
 
 
 TOOLS = [{"type": "function", "function": {

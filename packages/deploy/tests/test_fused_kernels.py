@@ -171,6 +171,36 @@ def test_qkv_rotary(N, KV, G, D, dtype):
     assert torch.equal(q2, q) and torch.equal(k2, k)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("KV, G, D", [(2, 2, 64), (1, 3, 96), (8, 2, 128)])
+@pytest.mark.parametrize("N", SIZES_N)
+def test_qkv_rotary_writes_the_paged_cache(N, KV, G, D, dtype):
+    """With `cache=`, rotated k and v land at each token's slot exactly as `store_kv` puts them (padding tokens,
+    slot -1, nowhere) and the rest of the cache is untouched."""
+    gen = torch.Generator(DEVICE).manual_seed(7 * N + KV + G + D)
+    qkv = randn(N, KV * (G + 2) * D, dtype=dtype, gen=gen)
+    positions = torch.randint(0, 4000, (N,), generator=gen, device=DEVICE)
+    freq = inv_freq(D)
+    num_blocks, block = 10, 4  # 40 slots for up to 33 tokens
+    slots = torch.randperm(num_blocks * block, generator=gen, device=DEVICE)[:N].to(torch.int32)
+    slots[N // 2] = -1  # a padding row
+    caches = [randn(num_blocks, block, KV, D, dtype=dtype, gen=gen) for _ in range(2)]
+    ref_caches = [c.clone() for c in caches]
+    q, k, v = qkv_rotary(qkv, positions, freq, KV, G, D, cache=(*caches, slots))
+    q_ref, k_ref, v_ref = qkv_rotary_ref(qkv, positions, freq, KV, G, D, cache=(*ref_caches, slots))
+    check(q, q_ref, dtype)
+    check(k, k_ref, dtype)
+    keep = slots >= 0
+    written = set(slots[keep].tolist())
+    untouched = [s for s in range(num_blocks * block) if s not in written]
+    for c, r in zip(caches, ref_caches, strict=True):
+        assert torch.equal(c.view(-1, KV, D)[untouched], r.view(-1, KV, D)[untouched])
+    assert torch.equal(caches[1], ref_caches[1])  # v is copied, not computed
+    # k rows equal the kernel's returned k exactly, and the reference's within rounding
+    assert torch.equal(caches[0].view(-1, KV, D)[slots[keep].long()], k[keep])
+    check(caches[0], ref_caches[0], dtype)
+
+
 @pytest.mark.parametrize(
     "overrides",
     [

@@ -1,5 +1,6 @@
 """Tests of shusheng.deploy.sampling_params and shusheng.deploy.sampler."""
 
+import dataclasses
 import math
 
 import pytest
@@ -10,6 +11,7 @@ from shusheng.deploy.sampler import (
     SamplingTensors,
     apply_penalties,
     apply_top_k_top_p,
+    argmax_rows,
     make_generator,
     prompt_logprobs,
 )
@@ -248,6 +250,21 @@ def test_no_penalty_fields_without_penalties():
     assert t.presence_penalties is None and t.output_tokens is None and t.top_ps is None and t.top_ks is not None
 
 
+def test_argmax_tensors_are_what_from_params_makes_for_argmax_only_rows():
+    """The engine skips `from_params` when every row is `argmax_only`: `argmax()` must be what it would build,
+    except that it also skips the chosen ids' log-probabilities (no row asked for them)."""
+    plain = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.0, seed=3, top_k=5, top_p=0.5, min_p=0.1,
+                                                             stop=["x"], ignore_eos=True, prompt_logprobs=2)]
+    assert all(SamplingTensors.argmax_only(p) for p in plain)
+    argmax = dataclasses.replace(SamplingTensors.argmax(), chosen_logprobs=True)
+    assert SamplingTensors.from_params(plain, [[1, 2], []], [[3], [4]], "cpu", 10, [2]) == argmax
+    for change in (dict(temperature=0.5), dict(repetition_penalty=1.1), dict(presence_penalty=0.5),
+                   dict(frequency_penalty=-0.5), dict(min_tokens=2), dict(logprobs=0)):
+        p = SamplingParams(**{"temperature": 0.0, **change})
+        assert not SamplingTensors.argmax_only(p), change
+        assert SamplingTensors.from_params([p], [[1]], [[3]], "cpu", 10, [2]) != argmax, change
+
+
 def test_min_tokens_masks_eos_and_stop_ids():
     V, eos, stop = 10, 9, 7
     logits = torch.zeros(1, V)
@@ -307,3 +324,17 @@ def test_prompt_logprobs_exact():
     assert no_top.top_token_ids is None and torch.equal(no_top.logprobs, out.logprobs)
     one = prompt_logprobs(logits[:1], [2], n=2)
     assert one.token_ids.numel() == 0 and one.logprobs.numel() == 0 and one.top_token_ids.shape == (0, 2)
+
+
+def test_argmax_rows_equals_argmax_with_ties():
+    g = torch.Generator().manual_seed(0)
+    for B, V in [(1, 92544), (3, 1024), (8, 4096), (9, 4096), (2, 1000), (2, 37)]:
+        x = torch.randn(B, V, generator=g).round(decimals=1)  # many ties at the maximum
+        x[:, V // 2] = x.max(-1).values  # a tie far from the first maximum
+        assert torch.equal(argmax_rows(x), x.argmax(-1)), (B, V)
+
+
+def test_argmax_only_steps_skip_the_chosen_logprobs():
+    logits = torch.randn(3, 64)
+    out = Sampler()(logits, SamplingTensors.argmax())
+    assert out.logprobs is None and torch.equal(out.token_ids, logits.argmax(-1))

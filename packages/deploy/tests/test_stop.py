@@ -204,3 +204,31 @@ def test_update_after_finish_raises():
     with pytest.raises(RuntimeError, match="already finished"):
         checker.update(2, "b")
     assert checker.flush() == ""
+
+
+def test_count_stops_where_update_with_text_stops():
+    """`count(id)` (the engine's per-token path when it makes the text later) ends a sequence at the same token, for
+    the same reasons, as `update(id, text)` does for a sequence without stop strings, whatever its stop ids, eos,
+    min_tokens and limits."""
+    rng = random.Random(0)
+    reasons = set()
+    for _ in range(300):
+        max_tokens = rng.choice([None, 1, 4, 12])
+        params = SamplingParams(max_tokens=max_tokens, min_tokens=rng.choice([0, 0, 1, min(5, max_tokens or 5)]),
+                                stop_token_ids=rng.sample(range(6), rng.randint(0, 2)), ignore_eos=rng.random() < 0.3,
+                                include_stop_str_in_output=rng.random() < 0.5)
+        limit = rng.choice([None, 3, 9])
+        counted, updated = StopChecker(params, [2], max_tokens=limit), StopChecker(params, [2], max_tokens=limit)
+        for _ in range(20):
+            token = rng.randrange(10)
+            reason = counted.count(token)
+            assert (reason, counted.stop_reason, counted.num_tokens) == \
+                (updated.update(token, "w")[1], updated.stop_reason, updated.num_tokens)
+            if reason is not None:
+                reasons.add(reason)
+                with pytest.raises(RuntimeError, match="already finished"):
+                    counted.count(token)
+                break
+    assert reasons == {"stop", "length"}
+    with pytest.raises(RuntimeError, match="stop strings"):
+        StopChecker(SamplingParams(stop=["x"])).count(1)

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from shusheng.model import ModelConfig, build_model, load_pretrained, save_pretrained
-from shusheng.model.parallel import apply_ac, apply_compile, apply_fsdp, apply_tp
+from shusheng.model.parallel import apply_ac, apply_compile, apply_fsdp, apply_tp, shard_tp_local
 
 CFG = ModelConfig.from_name("tiny", num_heads=4, num_kv_heads=2, qkv_bias=True, o_bias=True)
 
@@ -56,6 +56,38 @@ def _tp_worker(rank, world, port, out):
     dist.destroy_process_group()
 
 
+def _tp_local_worker(rank, world, port, out):
+    """shard_tp_local + an all-reduce after wo and w2 + a gather of the logits = the unsharded model."""
+    _init(rank, world, port)
+    results = {}
+    for name, cfg in [("bias", CFG), ("tied", ModelConfig.from_name("tiny", num_kv_heads=2, tie_word_embeddings=True))]:
+        model = build_model(cfg, seed=14).eval()
+        ids = torch.randint(0, cfg.vocab_size, (2, 9))
+        with torch.no_grad():
+            ref = model(ids)
+        shard_tp_local(model, rank, world)
+        attn = model.layers[0].attention
+        assert attn.wqkv.weight.shape[0] == (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim // world
+        assert (attn.wo.bias is not None) == (cfg.o_bias and rank == 0)
+        assert model.tok_embeddings.weight.shape[0] == cfg.vocab_size  # replicated
+        for block in model.layers:
+            for linear in (block.attention.wo, block.feed_forward.w2):
+                linear.register_forward_hook(lambda m, i, o: dist.all_reduce(o))
+
+        def gather(m, i, o):
+            parts = [torch.empty_like(o) for _ in range(world)]
+            dist.all_gather(parts, o.contiguous())
+            return torch.cat(parts, -1)
+
+        model.output.register_forward_hook(gather)
+        with torch.no_grad():
+            results[name] = (ref, model(ids))
+    if rank == 0:
+        torch.save(results, out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def _loss(model, ids):
     logits = model(ids[:, :-1]).float()
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
@@ -83,6 +115,24 @@ def test_tensor_parallel_matches_single_process(tmp_path):
     _run("_tp_worker", 2, tmp_path / "tp.pt")
     r = torch.load(tmp_path / "tp.pt")
     torch.testing.assert_close(r["got"], r["ref"], atol=1e-5, rtol=1e-5)
+
+
+def test_shard_tp_local_with_manual_collectives_matches_single_process(tmp_path):
+    _run("_tp_local_worker", 2, tmp_path / "tp_local.pt")
+    for name, (ref, got) in torch.load(tmp_path / "tp_local.pt").items():
+        assert got.shape == ref.shape, name
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_shard_tp_local_rejects_indivisible_and_bad_rank():
+    with pytest.raises(ValueError, match="tensor parallel degree 4 must divide num_kv_heads"):
+        shard_tp_local(build_model(CFG), 0, 4)
+    with pytest.raises(ValueError, match=r"tensor parallel degree 2 must divide intermediate_size \(171\)"):
+        shard_tp_local(build_model(ModelConfig.from_name("tiny", intermediate_size=171)), 0, 2)
+    with pytest.raises(ValueError, match=r"tensor parallel degree 2 must divide vocab_size \(511\)"):
+        shard_tp_local(build_model(ModelConfig.from_name("tiny", vocab_size=511)), 0, 2)
+    with pytest.raises(ValueError, match="rank 2 is outside the tensor parallel group of size 2"):
+        shard_tp_local(build_model(CFG), 2, 2)
 
 
 def test_fsdp2_with_ac_gradients_match_single_process(tmp_path):

@@ -11,6 +11,7 @@ from .llm_engine import LLMEngine
 from .outputs import CompletionOutput, RequestOutput
 from .pipeline import Pipeline, pipeline
 from .sampling_params import SamplingParams
+from .tensor_parallel import TPEngine, build_engine
 
 __all__ = [
     "AsyncEngine",
@@ -21,6 +22,8 @@ __all__ = [
     "RequestOutput",
     "RequestStream",
     "SamplingParams",
+    "TPEngine",
+    "build_engine",
     "pipeline",
 ]
 __version__ = "0.1.0"

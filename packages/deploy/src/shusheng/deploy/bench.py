@@ -137,6 +137,20 @@ def roofline(cfg: ModelConfig, requests: list[tuple[list[int], int]], ceilings: 
     }
 
 
+def save_random_checkpoint(folder: Path, cfg: ModelConfig, tokenizer, std: float, fmt: str = "internlm2") -> Path:
+    """A random-weight checkpoint of `cfg` with `tokenizer` in `folder` (for tests and benchmarks): every weight but
+    the norms drawn from N(0, std), each from its own seed, so greedy argmax has clear margins at a large std."""
+    from shusheng.model import build_model, save_pretrained
+
+    model = build_model(cfg, seed=0)
+    with torch.no_grad():
+        for i, (name, p) in enumerate(model.named_parameters()):
+            if not name.endswith("norm.weight"):
+                p.normal_(0, std, generator=torch.Generator().manual_seed(i))
+    save_pretrained(model, folder, format=fmt, tokenizer=tokenizer)
+    return folder
+
+
 def synthetic_tokenizer_file(folder: Path, vocab_size: int) -> Path:
     """A word-level tokenizer.json covering `vocab_size` ids ("t0", "t1", ...) for random-weight benchmarks."""
     vocab = {"<s>": 1, "</s>": 2, "<unk>": 0} | {f"t{i}": i for i in range(3, vocab_size)}

@@ -6,13 +6,18 @@ findable by it: a new request whose prompt starts with the same full blocks maps
 recomputing them. Freed blocks keep their hash while they wait in the free pool (least recently freed are reused
 first), so a later request can still hit them. Forked sequences (n > 1) share blocks by reference count; the first
 write into a shared, partially filled block copies it (the copies are handed to the model runner).
+
+After each allocation a sequence's `slots_end` says up to which position its table holds slots of its own (the end
+of its last block, which is private then): the scheduler writes below it without asking again, so a decode step
+calls `allocate` only when it crosses into a new block. A fork makes the tail shared: both ends drop to 0.
 """
 
 from __future__ import annotations
 
+from array import array
 from collections import OrderedDict
 
-from .sequence import Sequence
+from .sequence import Sequence, Status
 
 
 class Block:
@@ -69,16 +74,23 @@ class BlockManager:
         self.hits += len(result) * bs
         return result
 
-    def commit(self, seq: Sequence) -> None:
-        """Register the blocks that became full of computed tokens, so later requests can hit them."""
+    def commit(self, seqs: list[Sequence]) -> None:
+        """Register the blocks of the running `seqs` that became full of computed tokens, so later requests can hit
+        them."""
         if not self.enable_prefix_caching:
             return
+        bs, known, running = self.block_size, self.hashes.get, Status.RUNNING
+        for seq in seqs:
+            if seq.status is not running:
+                continue
+            hashes = known(seq.seq_id)
+            if hashes is None or seq.num_computed // bs > len(hashes):  # else no block filled since (most decodes)
+                self._commit(seq)
+
+    def _commit(self, seq: Sequence) -> None:
+        """Hash and register one sequence's newly full blocks."""
         full = seq.num_computed // self.block_size
-        hashes = self.hashes.get(seq.seq_id)
-        if hashes is None:
-            hashes = self.hashes[seq.seq_id] = []
-        elif full <= len(hashes):  # no block filled since (most decode steps): nothing to hash
-            return
+        hashes = self.hashes.setdefault(seq.seq_id, [])
         new = self._chain(seq.token_ids, full, len(hashes), hashes[-1] if hashes else None)
         for i, h in enumerate(new, len(hashes)):
             block = self.blocks[seq.block_table[i]]
@@ -98,6 +110,7 @@ class BlockManager:
         table = seq.block_table
         if not cached and num_new_tokens == 1 and seq.num_computed < len(table) * self.block_size \
                 and self.blocks[table[seq.num_computed // self.block_size]].ref_count == 1:
+            seq.slots_end = len(table) * self.block_size
             return True  # a decode step into its own block's free slot (the common case, checked first)
         start = len(cached) * self.block_size if cached else seq.num_computed
         table_len = len(seq.block_table) + len(cached)
@@ -121,6 +134,7 @@ class BlockManager:
             seq.block_table[i] = self._take()
             self.pending_copies.append((src, seq.block_table[i]))
         seq.block_table.extend(self._take() for _ in range(new_blocks))
+        seq.slots_end = len(seq.block_table) * self.block_size
         return True
 
     def _take(self) -> int:
@@ -140,12 +154,14 @@ class BlockManager:
             block.ref_count -= 1
             if block.ref_count == 0:
                 self.free[bid] = None
-        seq.block_table = []
+        seq.block_table = array("i")
+        seq.slots_end = 0
         self.hashes.pop(seq.seq_id, None)
 
     def fork(self, parent: Sequence, child: Sequence) -> None:
         """`child` shares all of `parent`'s blocks (copy-on-write happens on the first write to a shared block)."""
-        child.block_table = list(parent.block_table)
+        child.block_table = array("i", parent.block_table)
+        parent.slots_end = child.slots_end = 0  # the last block is shared now: the next write asks `allocate`
         for bid in child.block_table:
             self.blocks[bid].ref_count += 1
         if parent.seq_id in self.hashes:

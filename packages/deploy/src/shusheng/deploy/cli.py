@@ -2,7 +2,7 @@
 
     shusheng-deploy generate PATH --prompt "Hello" [--chat] [--max-tokens 64] [--temperature 0.7] [--stream]
     shusheng-deploy bench PATH [--num-requests 256] [--input-len 100:1024] [--output-len 100:1024]
-    shusheng-deploy serve PATH [--port 8000] [--api-keys K1,K2] [--served-model-name NAME]
+    shusheng-deploy serve PATH [--port 8000] [--api-keys K1,K2] [--served-model-name NAME] [--tp 2]
     shusheng-deploy chat URL_OR_PATH
     shusheng-deploy bench-serve URL [--request-rate 4 | --max-concurrency 16] [--dataset sharegpt.json]
 
@@ -29,6 +29,8 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--block-size", type=int, default=16)
     g.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     g.add_argument("--no-prefix-caching", action="store_true")
+    g.add_argument("--tp", type=int, default=1, metavar="N",
+                   help="tensor parallelism: shard the model over N local GPUs (cuda:0 .. cuda:N-1), one process each")
 
 
 def _engine_config(a: argparse.Namespace) -> EngineConfig:
@@ -36,6 +38,7 @@ def _engine_config(a: argparse.Namespace) -> EngineConfig:
         model=a.path, device=a.device, dtype=a.dtype, max_model_len=a.max_model_len, max_num_seqs=a.max_num_seqs,
         max_num_batched_tokens=a.max_num_batched_tokens, gpu_memory_utilization=a.gpu_memory_utilization,
         block_size=a.block_size, enforce_eager=a.enforce_eager, enable_prefix_caching=not a.no_prefix_caching,
+        tensor_parallel_size=a.tp,
     )
 
 
@@ -84,21 +87,28 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
-    from .llm_engine import LLMEngine
     from .pipeline import Pipeline
     from .sampling_params import SamplingParams
+    from .tensor_parallel import build_engine
 
     params = SamplingParams(max_tokens=a.max_tokens, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
                             seed=a.seed, stop=a.stop)
-    pipe = Pipeline(LLMEngine(_engine_config(a)))
+    if a.stream and len(a.prompt) != 1:
+        raise ValueError("--stream takes one --prompt")
+    pipe = Pipeline(build_engine(_engine_config(a)))
+    try:
+        return _generate(pipe, params, a)
+    finally:
+        pipe.shutdown()
+
+
+def _generate(pipe, params, a: argparse.Namespace) -> int:
     inputs = [
         ([{"role": "system", "content": a.system}] if a.system else []) + [{"role": "user", "content": t}]
         if a.chat else t
         for t in a.prompt
     ]
     if a.stream:
-        if len(inputs) != 1:
-            raise ValueError("--stream takes one --prompt")
         prompt = pipe.render(inputs[0]) if a.chat else inputs[0]
         engine = pipe.engine
         engine.add_request(prompt, params)
@@ -115,9 +125,9 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     from .bench import Workload, measure_ceilings, parse_range, roofline, run_offline
-    from .llm_engine import LLMEngine
+    from .tensor_parallel import build_engine
 
-    engine = LLMEngine(_engine_config(a))
+    engine = build_engine(_engine_config(a))
     work = Workload(a.num_requests, parse_range(a.input_len), parse_range(a.output_len), a.seed)
     requests = work.sample(engine.model_config.vocab_size)
     result = run_offline(engine, requests)
@@ -147,14 +157,16 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     from .async_engine import AsyncEngine
     from .engine_process import ProcessAsyncEngine, freeze_heap
-    from .llm_engine import LLMEngine
     from .server import build_app
+    from .tensor_parallel import build_engine, check_config
 
     if a.chat_template is not None and a.chat_template not in list_templates():
         raise ValueError(f"unknown --chat-template {a.chat_template!r}; choose from {list_templates()}")
     config = _engine_config(a)
+    if config.tensor_parallel_size > 1:
+        check_config(config)  # here, before any process starts: a bad degree gets its one-line error
     if a.engine_in_thread:
-        engine = AsyncEngine(LLMEngine(config))
+        engine = AsyncEngine(build_engine(config))
         # The engine thread gives up the GIL at every CUDA sync; with the default 5 ms switch interval a busy event
         # loop can hold it that long before the engine gets it back, once or more per decode step.
         sys.setswitchinterval(0.001)

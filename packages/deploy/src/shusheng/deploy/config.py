@@ -28,6 +28,9 @@ class EngineConfig:
             the next step on the device: the next step is scheduled and launched first, reading the tokens just
             sampled straight from device memory. Steps with penalties or prompt logprobs still run one at a
             time.
+        tensor_parallel_size: shard the model over this many local GPUs (rank r on cuda:r; the CPU with gloo when
+            device is "cpu"), one process per rank (see tensor_parallel.py). `gpu_memory_utilization` applies to
+            each card.
     """
 
     model: str = ""
@@ -45,6 +48,7 @@ class EngineConfig:
     max_graph_batch_size: int = 256
     seed: int = 0
     async_scheduling: bool = True
+    tensor_parallel_size: int = 1
 
     def __post_init__(self):
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "max_graph_batch_size"):
@@ -58,6 +62,13 @@ class EngineConfig:
             raise ValueError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+        if self.tensor_parallel_size > 1 and self.device.startswith("cuda:"):
+            raise ValueError(
+                f"device {self.device!r} names one card, but tensor_parallel_size {self.tensor_parallel_size} puts "
+                "rank r on cuda:r; use device='cuda' and choose the cards with CUDA_VISIBLE_DEVICES"
+            )
         if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
             raise ValueError(f"dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}")
 

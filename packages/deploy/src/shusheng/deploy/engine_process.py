@@ -18,6 +18,7 @@ this is the same split, with a pipe instead of ZMQ:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import gc
 import itertools
@@ -102,8 +103,10 @@ class _Outbox:
 
 
 def _core_main(config: EngineConfig, conn) -> None:
-    """The engine process: build the engine, then step while there is work, answering the pipe in between."""
-    from .llm_engine import LLMEngine
+    """The engine process: build the engine, then step while there is work, answering the pipe in between.
+
+    With tensor_parallel_size > 1 this process is rank 0 of a `TPEngine` and starts the other ranks itself."""
+    from .tensor_parallel import TPEngine, build_engine
 
     # the sender thread needs the GIL to hand each step's outputs to the pipe: while the engine runs Python, it
     # waits up to a switch interval for it (5 ms by default, more than a decode step)
@@ -111,13 +114,17 @@ def _core_main(config: EngineConfig, conn) -> None:
     out = _Outbox(conn)
     try:
         try:
-            engine = LLMEngine(config)
+            engine = build_engine(config)
         except BaseException as e:
             out.send(("failed", f"{type(e).__name__}: {e}"))
             return
-        freeze_heap()
-        out.send(("ready", engine.limits, engine.stats()))
-        _loop(engine, out, conn)
+        try:
+            freeze_heap()
+            out.send(("ready", engine.limits, engine.stats()))
+            _loop(engine, out, conn)
+        finally:
+            if isinstance(engine, TPEngine):
+                engine.shutdown()
     finally:
         out.close()
 
@@ -169,7 +176,10 @@ class ProcessAsyncEngine(AsyncEngine):
     def __init__(self, config: EngineConfig, startup_timeout: float = 900.0):
         ctx = mp.get_context("spawn")  # a fresh interpreter: CUDA must not be inherited
         self._conn, child = ctx.Pipe(duplex=True)
-        self._proc = ctx.Process(target=_core_main, args=(config, child), name="shusheng-engine-core", daemon=True)
+        # a daemonic process may not start processes: under tensor parallelism the core starts the other ranks, so
+        # it is not one, and shutdown() runs at exit instead (the core also stops when this end of the pipe closes)
+        tp = config.tensor_parallel_size > 1
+        self._proc = ctx.Process(target=_core_main, args=(config, child), name="shusheng-engine-core", daemon=not tp)
         self._proc.start()
         child.close()
         tokenizer = load_tokenizer(config.model)
@@ -190,6 +200,8 @@ class ProcessAsyncEngine(AsyncEngine):
         self._call_ids = itertools.count()
         self._stopping = False
         self._start(self._read, "shusheng-engine-reader")
+        if tp:
+            atexit.register(self.shutdown)
 
     def _submit(self, item: tuple) -> None:
         if self.error is not None:
@@ -242,6 +254,8 @@ class ProcessAsyncEngine(AsyncEngine):
                 future.set_exception(e)
 
     def shutdown(self, timeout: float = 10.0) -> None:
+        if self._stopping:
+            return
         self._stopping = True
         self._submit(("stop",))
         self._proc.join(timeout)

@@ -3,9 +3,15 @@
 `shusheng.model.Transformer` is written for reading and training: each RMSNorm, rotary embedding, residual add and
 SwiGLU is a handful of small PyTorch ops. In a decode step those dozens of tiny kernels per layer cost as much as the
 weight-streaming GEMMs. `FusedDecoder` is a module swap over the same parameters: per layer one fused
-residual-add + RMSNorm, one kernel that splits the grouped `wqkv` output and applies rotary to q and k, one GEMM for
-w1 and w3 together (their weights concatenated once, the originals released) followed by one silu-multiply kernel.
+residual-add + RMSNorm, one kernel that splits the grouped `wqkv` output, applies rotary to q and k and (with the
+paged cache) stores k and v into it, one GEMM for w1 and w3 together (their weights concatenated once, the originals
+released) followed by one silu-multiply kernel, and the linear layers through `ops.linear` (a skinny-GEMM kernel
+for decode steps of a few rows).
 With `TorchOps` it runs the kernels' PyTorch references (CPU), computing exactly what the model computes.
+
+Under tensor parallelism (`tp_group`, weights cut by `shusheng.model.parallel.shard_tp_local`) each rank holds whole
+KV-head groups and a slice of the MLP and of the vocabulary: the outputs of the row-parallel `wo` and `w2` are
+all-reduced (plain torch.distributed calls, so NCCL's are captured in CUDA graphs) and the logits all-gathered.
 
 Tokens are flattened over the batch: input (N,) ids and positions, output (N, hidden).
 """
@@ -13,15 +19,20 @@ Tokens are flattened over the batch: input (N,) ids and positions, output (N, hi
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from shusheng.model import Transformer
 from shusheng.model.attention import AttentionBackend
 
+# torch >= 2.13 renamed all_gather_into_tensor (the old name warns)
+_all_gather_into_tensor = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
+
 
 class FusedLayer(nn.Module):
-    def __init__(self, block: nn.Module):
+    def __init__(self, block: nn.Module, tp_group: dist.ProcessGroup | None = None):
         super().__init__()
+        self.tp_group = tp_group
         attn, ffn = block.attention, block.feed_forward
         self.layer = attn.layer
         self.group, self.head_dim = attn.group, attn.head_dim
@@ -40,24 +51,39 @@ class FusedLayer(nn.Module):
         """normed = this layer's attention_norm(residual) -> (next_norm(new residual), new residual)."""
         N = normed.shape[0]
         D, g = self.head_dim, self.group
-        qkv = self.wqkv(normed)  # (N, KV * (g + 2) * D)
+        qkv = ops.linear(normed, self.wqkv.weight, self.wqkv.bias)  # (N, KV * (g + 2) * D)
         kv_heads = qkv.shape[-1] // ((g + 2) * D)  # local under tensor parallelism
-        q, k, v = ops.qkv_rotary(qkv, positions, inv_freq, kv_heads, g, D)  # (N, H, D), (N, KV, D), (N, KV, D)
-        a = attention(q[None], k[None], v[None], self.layer)[0]  # (N, H, D)
-        a = self.wo(a.reshape(N, -1))
+        if hasattr(attention, "cache_for"):  # the paged cache: the rotary kernel also stores the new K/V into it
+            q, _, _ = ops.qkv_rotary(qkv, positions, inv_freq, kv_heads, g, D, cache=attention.cache_for(self.layer))
+            a = attention.attend(q, self.layer)  # (N, H, D)
+        else:
+            q, k, v = ops.qkv_rotary(qkv, positions, inv_freq, kv_heads, g, D)  # (N, H, D), (N, KV, D), (N, KV, D)
+            a = attention(q[None], k[None], v[None], self.layer)[0]
+        a = ops.linear(a.reshape(N, -1), self.wo.weight, self.wo.bias)
+        if self.tp_group is not None:
+            dist.all_reduce(a, group=self.tp_group)
         normed, residual = ops.fused_add_rms_norm(a, residual, self.ffn_norm.weight, self.ffn_norm.eps)
-        f = self.w2(ops.silu_mul(self.w13(normed)))
+        f = ops.linear(ops.silu_mul(ops.linear(normed, self.w13.weight)), self.w2.weight)
+        if self.tp_group is not None:
+            dist.all_reduce(f, group=self.tp_group)
         return ops.fused_add_rms_norm(f, residual, next_norm.weight, next_norm.eps)
 
 
 class FusedDecoder(nn.Module):
-    """`model`'s decoder as fused layers. Takes over the model's w1/w3 weights (they are concatenated)."""
+    """`model`'s decoder as fused layers. Takes over the model's w1/w3 weights (they are concatenated).
 
-    def __init__(self, model: Transformer, ops):
+    Args:
+        model: the model, or this rank's shard of it (`shard_tp_local`) when `tp_group` is given.
+        ops: the op set (`TritonOps` or `TorchOps`).
+        tp_group: the tensor-parallel process group; None on one device.
+    """
+
+    def __init__(self, model: Transformer, ops, tp_group: dist.ProcessGroup | None = None):
         super().__init__()
         self.model = model
         self.ops = ops
-        self.layers = nn.ModuleList(FusedLayer(b) for b in model.layers)
+        self.tp_group = tp_group
+        self.layers = nn.ModuleList(FusedLayer(b, tp_group) for b in model.layers)
         self.dynamic_rope = model.config.rope_type == "dynamic"
         self._inv_freq = None if self.dynamic_rope else model.rotary.inv_freq(
             torch.zeros(1, dtype=torch.long, device=model.tok_embeddings.weight.device))
@@ -75,4 +101,11 @@ class FusedDecoder(nn.Module):
         return normed
 
     def logits(self, hidden: Tensor) -> Tensor:
-        return self.model.output(hidden)
+        """(N, hidden) -> (N, vocab) logits in the weights' dtype."""
+        logits = self.ops.linear(hidden, self.model.output.weight)  # (N, V / tp) under tensor parallelism
+        if self.tp_group is None:
+            return logits
+        (N, v), tp = logits.shape, dist.get_world_size(self.tp_group)
+        parts = torch.empty(tp * N, v, dtype=logits.dtype, device=logits.device)
+        _all_gather_into_tensor(parts, logits.contiguous(), group=self.tp_group)
+        return parts.view(tp, N, v).transpose(0, 1).reshape(N, tp * v)  # shards in rank order

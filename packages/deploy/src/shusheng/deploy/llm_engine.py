@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 import torch
 import torch.nn.functional as F
@@ -92,9 +93,17 @@ class _Choice:
     request: _Request
     generator: torch.Generator | None = None
     deferred: list[int] = field(default_factory=list)  # ids whose text is not made yet (see LLMEngine._append)
+    argmax: bool = field(init=False)  # samples the argmax and nothing else (`SamplingTensors.argmax_only`)
+    ids_only: bool = field(init=False)  # no stop strings or logprobs: with deferred text a token is an id and a count
 
     def __post_init__(self):
         self.seq.choice = self
+        p = self.seq.params
+        self.argmax = SamplingTensors.argmax_only(p)
+        self.ids_only = not p.stop and p.logprobs is None
+
+
+_argmax, _forked = attrgetter("argmax"), attrgetter("forked")
 
 
 @dataclass
@@ -119,15 +128,17 @@ class LLMEngine:
         config: an EngineConfig (checkpoint path and engine options).
         tokenizer: override the checkpoint folder's tokenizer.
         model: an in-memory model to serve instead of loading `config.model` (then `tokenizer` is required).
+        tp_group: this rank's tensor-parallel process group (tensor_parallel.py builds the ranks); None: one device.
     """
 
-    def __init__(self, config: EngineConfig, tokenizer: Tokenizer | None = None, model: Transformer | None = None):
+    def __init__(self, config: EngineConfig, tokenizer: Tokenizer | None = None, model: Transformer | None = None,
+                 tp_group=None):
         if model is not None and tokenizer is None:
             raise ValueError("an in-memory model needs its tokenizer: pass tokenizer=")
         self.config = config
         self.tokenizer = tokenizer or load_tokenizer(config.model)
         torch.manual_seed(config.seed)
-        self.runner = ModelRunner(config, model)
+        self.runner = ModelRunner(config, model, tp_group)
         self.model_config = self.runner.model_config
         self.max_model_len = self.runner.max_model_len
         self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
@@ -238,9 +249,7 @@ class LLMEngine:
         launched = self._launch(batch, prev) if batch.seqs else None
         outputs = self._complete(prev, final_only) if prev is not None else []
         if launched is not None:
-            for seq in launched.batch.seqs:  # the tokens of every computed position are known now
-                if seq.status == Status.RUNNING:
-                    self.block_manager.commit(seq)
+            self.block_manager.commit(launched.batch.seqs)  # the tokens of every computed position are known now
             if launched.overlap:
                 self._inflight = launched
             else:
@@ -251,25 +260,30 @@ class LLMEngine:
         """Run the batch and sample on the device; each sampling sequence gets a PENDING token for its sample."""
         feed = None if prev is None else Feed(prev.sampled.token_ids, prev.rows)
         step = self.runner.run(batch, feed)
-        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
-            seq.num_computed += n
+        if batch.is_decode_only:
+            for seq in batch.seqs:
+                seq.num_computed += 1
+        else:
+            for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
+                seq.num_computed += n
         rows, choices = self._sampling_rows(step)
         sampled, positions = None, []
-        if rows:
-            # n > 1 repeats a row; otherwise every row samples once, in order (no gather)
-            logits = step.logits if len(rows) == len(step.sample_seqs) else \
-                step.logits[to_device(rows, torch.long, step.logits.device)]
-            sampled = self._sample(logits, choices)
+        argmax = all(map(_argmax, choices))  # (the common offline case) no row needs per-row tensors
+        if choices:
+            # n > 1 repeats a row (rows); otherwise every row samples once, in order (no gather)
+            logits = step.logits if rows is None else step.logits[to_device(rows, torch.long, step.logits.device)]
+            sampled = self._sample(logits, choices, argmax)
             for c in choices:
                 seq = c.seq
-                n = len(seq.token_ids)
+                tokens = seq.token_ids
+                n = len(tokens)
                 positions.append(n)
-                seq.token_ids.append(PENDING)
+                tokens.append(PENDING)
                 # the length limit is known now: the scheduler need not run the sequence on its last token
                 seq.last_is_pending_final = n + 1 - seq.num_prompt_tokens >= c.stop.max_tokens
-        wants_logprobs = any(c.out.logprobs is not None for c in choices)
+        wants_logprobs = not argmax and any(c.out.logprobs is not None for c in choices)
         overlap = (self.config.async_scheduling and not step.prompt_logits and sampled is not None
-                   and not any(needs_host_tokens(c.seq.params) for c in choices))
+                   and (argmax or not any(needs_host_tokens(c.seq.params) for c in choices)))
         launched = LaunchedStep(batch, step, choices, positions, sampled,
                              {c.seq.seq_id: i for i, c in enumerate(choices)}, overlap)
         if sampled is not None:
@@ -289,16 +303,30 @@ class LLMEngine:
             logprobs = host.logprobs.tolist() if host.logprobs is not None else None
             now = time.monotonic()
             finished = Status.FINISHED
+            positions = launched.positions
             for i, c in enumerate(launched.choices):
                 seq = c.seq
-                if seq.status == finished:  # stopped at the step before, or aborted
+                if seq.status is finished:  # stopped at the step before, or aborted
                     continue
-                seq.token_ids[launched.positions[i]] = tokens[i]
-                self._append(c, i, tokens[i], logprobs, host, defer_text=final_only)
+                token = tokens[i]
+                seq.token_ids[positions[i]] = token
+                if final_only and c.ids_only:  # `_append` with deferred text, inlined: most offline tokens
+                    out = c.out
+                    out.token_ids.append(token)
+                    out.delta_token_ids.append(token)
+                    c.deferred.append(token)
+                    reason = c.stop.count(token)
+                    if reason is not None:
+                        text = self._deferred_text(c, reason)
+                        out.text += text
+                        out.delta_text += text
+                        self._finish(c, reason)
+                else:
+                    self._append(c, i, token, logprobs, host, defer_text=final_only)
                 req = c.request
                 if req.first_token is None:
                     req.first_token = now
-                if not final_only or seq.status == finished:  # final_only: only a finished one can be returned
+                if not final_only or seq.status is finished:  # final_only: only a finished one can be returned
                     touched.setdefault(req.request_id, []).append(c)
         outputs = []
         for rid, cs in touched.items():
@@ -310,8 +338,11 @@ class LLMEngine:
                 del self.requests[rid]
         return outputs
 
-    def _sampling_rows(self, step: StepLogits) -> tuple[list[int], list[_Choice]]:
-        """Logits row and choice of each sampling sequence; a request with n > 1 forks at its first sample."""
+    def _sampling_rows(self, step: StepLogits) -> tuple[list[int] | None, list[_Choice]]:
+        """Logits row and choice of each sampling sequence (rows None: row i is sequence i's); a request with n > 1
+        forks at its first sample."""
+        if all(map(_forked, step.sample_seqs)):
+            return None, [seq.choice for seq in step.sample_seqs]
         rows, choices = [], []
         for i, seq in enumerate(step.sample_seqs):
             if seq.forked:
@@ -333,7 +364,9 @@ class LLMEngine:
                 choices.append(req.choices[s.index])
         return rows, choices
 
-    def _sample(self, logits: torch.Tensor, choices: list[_Choice]) -> SamplerOutput:
+    def _sample(self, logits: torch.Tensor, choices: list[_Choice], argmax: bool = False) -> SamplerOutput:
+        if argmax:  # every row is `argmax_only`: nothing per row to build
+            return self.sampler(logits, SamplingTensors.argmax())
         seqs = [c.seq for c in choices]
         params = [s.params for s in seqs]
         # token lists cost a copy per step: hand them over only when a penalty or min_tokens reads them
@@ -377,9 +410,14 @@ class LLMEngine:
         out.text += text
         out.delta_text += text
         if reason is not None:
-            out.finish_reason, out.stop_reason = reason, c.stop.stop_reason
-            self.scheduler.finish(seq, reason)
-            del seq.token_ids[seq.num_prompt_tokens + len(out.token_ids):]  # a later step's pending token
+            self._finish(c, reason)
+
+    def _finish(self, c: _Choice, reason: str) -> None:
+        """Ends a choice that stopped (its text is complete): finish reasons, and its sequence's blocks freed."""
+        seq, out = c.seq, c.out
+        out.finish_reason, out.stop_reason = reason, c.stop.stop_reason
+        self.scheduler.finish(seq, reason)
+        del seq.token_ids[seq.num_prompt_tokens + len(out.token_ids):]  # a later step's pending token
 
     @staticmethod
     def _deferred_text(c: _Choice, reason: str | None) -> str:

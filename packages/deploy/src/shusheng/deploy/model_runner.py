@@ -3,6 +3,10 @@
 The KV pool is sized after a profiling forward of a full token budget: what `gpu_memory_utilization` of the card
 leaves after weights, activations and non-torch memory becomes blocks. Decode-only steps (every sequence adds one
 token) replay a CUDA graph captured for the next larger batch size, padded rows writing to no slot.
+
+Under tensor parallelism (`tp_group`; see tensor_parallel.py) the runner holds its rank's shard of the weights and
+a KV pool of its rank's KV heads, with as many blocks as the smallest pool of the group, so every rank's scheduler
+makes the same decisions.
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ from array import array
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from shusheng.model import ModelConfig, Transformer, load_pretrained
+from shusheng.model.parallel import shard_tp_local
 
 from .config import EngineConfig
 from .fused_decoder import FusedDecoder
@@ -24,13 +30,49 @@ from .sequence import PENDING, Sequence
 
 
 def block_tables(seqs: list[Sequence]) -> Tensor:
-    """(B, longest table) int32 CPU tensor of the sequences' block tables, zero-padded (the rows are built in an
-    int array: several times faster than a tensor from nested lists)."""
-    width = max(len(s.block_table) for s in seqs)
+    """(B, longest table) int32 CPU tensor of the sequences' block tables, zero-padded (the rows are copied from
+    the tables' int32 arrays into one: several times faster than a tensor from nested lists)."""
+    width = max([len(s.block_table) for s in seqs])
     flat = array("i", bytes(4 * width * len(seqs)))
     for i, s in enumerate(seqs):
-        flat[i * width : i * width + len(s.block_table)] = array("i", s.block_table)
+        table = s.block_table
+        flat[i * width : i * width + len(table)] = table
     return torch.frombuffer(flat, dtype=torch.int32).view(len(seqs), width)
+
+
+def decode_rows(seqs: list[Sequence], rows: dict[int, int], size: int, block_size: int) -> tuple[Tensor, bool, int]:
+    """A decode step's inputs, one column per sequence, padded to `size` columns.
+
+    Args:
+        seqs: sequences that each compute their last token (at position `num_computed`).
+        rows: seq_id -> row of the fed tokens (`Feed.rows`) for a last token still `PENDING`.
+        size: columns; those past `len(seqs)` are padding: token 0 at position 0, slot -1 (written nowhere),
+            context 1, nothing fed.
+        block_size: tokens per KV block.
+
+    Returns:
+        A (5, size) int64 CPU tensor of token ids (0 where fed), positions, KV slots, context lengths and fed rows
+        (-1: none); whether any token is fed; the longest context.
+    """
+    ids, pos, slots, src = array("q"), array("q"), array("q"), array("q")
+    fed = False
+    for seq in seqs:
+        p = seq.num_computed
+        pos.append(p)
+        slots.append(seq.block_table[p // block_size] * block_size + p % block_size)
+        token = seq.token_ids[p]
+        if token == PENDING:
+            ids.append(0)
+            src.append(rows[seq.seq_id])
+            fed = True
+        else:
+            ids.append(token)
+            src.append(-1)
+    ctx = array("q", [p + 1 for p in pos])
+    pad = size - len(seqs)
+    zeros, minus = array("q", bytes(8 * pad)), array("q", [-1]) * pad
+    flat = ids + zeros + pos + zeros + slots + minus + ctx + array("q", [1]) * pad + src + minus
+    return torch.frombuffer(flat, dtype=torch.long).view(5, size), fed, max(ctx, default=1)
 
 
 @dataclass
@@ -78,13 +120,40 @@ def resolve_dtype(name: str, device: torch.device, checkpoint_dtype: str) -> tor
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig, model: Transformer | None = None):
+    """Args:
+        config: the engine config.
+        model: an in-memory model to run instead of loading `config.model` (one device only).
+        tp_group: the tensor-parallel process group this rank belongs to (its rank r runs on cuda:r, or the CPU).
+    """
+
+    def __init__(self, config: EngineConfig, model: Transformer | None = None,
+                 tp_group: dist.ProcessGroup | None = None):
         self.config = config
+        self.tp_group = tp_group
+        self.tp_rank = dist.get_rank(tp_group) if tp_group is not None else 0
+        self.tp_size = dist.get_world_size(tp_group) if tp_group is not None else 1
+        if self.tp_size != config.tensor_parallel_size:
+            raise ValueError(
+                f"tensor_parallel_size {config.tensor_parallel_size} needs one process per rank: build the engine "
+                "with shusheng.deploy.tensor_parallel.build_engine (or pipeline(path, tensor_parallel_size=N)), "
+                "which starts them" if tp_group is None else
+                f"the tensor-parallel group has {self.tp_size} ranks but tensor_parallel_size is "
+                f"{config.tensor_parallel_size}"
+            )
         self.device = resolve_device(config.device)
+        if tp_group is not None and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.tp_rank)  # one card per rank
         if model is None:
             ckpt_cfg = ModelConfig.from_file(config.model)
             self.dtype = resolve_dtype(config.dtype, self.device, ckpt_cfg.torch_dtype)
-            model = load_pretrained(config.model, dtype=self.dtype, device=self.device)
+            if tp_group is None:
+                model = load_pretrained(config.model, dtype=self.dtype, device=self.device)
+            else:  # cut on the host: the card only ever holds this rank's shard
+                model = load_pretrained(config.model, dtype=self.dtype, device="cpu")
+                model = shard_tp_local(model, self.tp_rank, self.tp_size).to(self.device)
+        elif tp_group is not None:
+            raise ValueError("tensor parallelism loads its weights from the checkpoint folder on every rank; "
+                             "an in-memory model cannot be sharded across processes")
         else:  # an in-memory model (benchmarks with random weights): used as it is
             self.dtype = next(model.parameters()).dtype
             self.device = next(model.parameters()).device
@@ -94,9 +163,10 @@ class ModelRunner:
         self.block_size = config.block_size
         self.max_blocks_per_seq = math.ceil(self.max_model_len / self.block_size)
         self.ops = ops_for(self.device)
-        self.decoder = FusedDecoder(self.model, self.ops)  # takes over the model's w1/w3 (fused into w13)
+        self.num_kv_heads = mc.num_kv_heads // self.tp_size  # this rank's
+        self.decoder = FusedDecoder(self.model, self.ops, tp_group)  # takes over the model's w1/w3 (fused into w13)
         self.num_blocks = config.num_kv_blocks or self._auto_num_blocks()
-        shape = (self.num_blocks, self.block_size, mc.num_kv_heads, mc.head_dim)
+        shape = (self.num_blocks, self.block_size, self.num_kv_heads, mc.head_dim)
         self.k_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(mc.num_layers)]
         self.v_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(mc.num_layers)]
         self.attn = PagedAttention(self.k_caches, self.v_caches, self.ops)
@@ -110,13 +180,31 @@ class ModelRunner:
     @property
     def bytes_per_block(self) -> int:
         mc = self.model_config
-        return 2 * mc.num_layers * self.block_size * mc.num_kv_heads * mc.head_dim * self.dtype.itemsize
+        return 2 * mc.num_layers * self.block_size * self.num_kv_heads * mc.head_dim * self.dtype.itemsize
 
     def _auto_num_blocks(self) -> int:
         need_one = self.max_blocks_per_seq  # one sequence at max_model_len must always fit
         if self.device.type != "cuda":
             cap = self.config.max_num_seqs * self.max_blocks_per_seq
             return max(need_one, min(cap, int(self.config.cpu_kv_cache_gb * 1e9 // self.bytes_per_block)))
+        blocks, kv_bytes = self._free_blocks()
+        if self.tp_group is not None:  # every rank's scheduler must see the same pool: the smallest one
+            t = torch.tensor([blocks], dtype=torch.long, device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.tp_group)
+            if int(t) < blocks:
+                blocks, kv_bytes = int(t), int(t) * self.bytes_per_block
+        if blocks < need_one:
+            raise ValueError(
+                f"not enough GPU memory for the KV cache: {max(kv_bytes, 0) / 2**30:.2f} GiB left for it after the "
+                f"weights and activations, one {self.max_model_len}-token sequence needs "
+                f"{need_one * self.bytes_per_block / 2**30:.2f} GiB; raise gpu_memory_utilization or lower "
+                "max_model_len" + (" (or shard the model over more GPUs: tensor_parallel_size)"
+                                   if self.tp_group is None else "")
+            )
+        return blocks
+
+    def _free_blocks(self) -> tuple[int, float]:
+        """KV blocks (and bytes) that `gpu_memory_utilization` of the card leaves after a profiling forward."""
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self.device)
         self._profile_forward()
@@ -125,16 +213,8 @@ class ModelRunner:
         free, total = torch.cuda.mem_get_info(self.device)
         non_torch = (total - free) - torch.cuda.memory_reserved(self.device)  # CUDA context, NCCL, ...
         kv_bytes = total * self.config.gpu_memory_utilization - peak - non_torch
-        blocks = int(kv_bytes // self.bytes_per_block)
-        if blocks < need_one:
-            raise ValueError(
-                f"not enough GPU memory for the KV cache: {max(kv_bytes, 0) / 2**30:.2f} GiB left for it after the "
-                f"weights and activations, one {self.max_model_len}-token sequence needs "
-                f"{need_one * self.bytes_per_block / 2**30:.2f} GiB; raise gpu_memory_utilization or lower "
-                "max_model_len"
-            )
         torch.cuda.empty_cache()
-        return blocks
+        return int(kv_bytes // self.bytes_per_block), kv_bytes
 
     @torch.inference_mode()
     def _profile_forward(self) -> None:
@@ -143,7 +223,7 @@ class ModelRunner:
         n = min(self.config.max_num_batched_tokens, self.config.max_num_seqs * self.max_model_len)
         lens = [min(self.max_model_len, n - i) for i in range(0, n, self.max_model_len)]
         nb = sum(math.ceil(x / self.block_size) for x in lens)
-        shape = (nb, self.block_size, mc.num_kv_heads, mc.head_dim)
+        shape = (nb, self.block_size, self.num_kv_heads, mc.head_dim)
         k = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(mc.num_layers)]
         v = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(mc.num_layers)]
         attn = PagedAttention(k, v, self.ops)
@@ -157,7 +237,7 @@ class ModelRunner:
         ids = torch.zeros(n, dtype=torch.long, device=self.device)
         pos = torch.cat([torch.arange(x, device=self.device) for x in lens])
         h = self.decoder(ids, pos, attn)
-        self.model.output(h[: self.config.max_num_seqs]).float()
+        self.decoder.logits(h[: self.config.max_num_seqs]).float()
 
     # ---- inputs ----
 
@@ -176,6 +256,59 @@ class ModelRunner:
             decode_only=decode_only,
         )
 
+    def _inputs(self, batch: ScheduledBatch, feed: Feed | None):
+        """Any batch's inputs (prefill chunks and decodes): ids and positions on the device, the rows that sample
+        and their sequences, prompt-logprob rows (seq_id -> (first position, rows)); sets `self.attn.meta`."""
+        bs = self.block_size
+        ids, pos, slots, ctx, sample_rows, sample_seqs, prompt_rows = [], [], [], [], [], [], {}
+        fed = []  # (input row, row of feed.tokens)
+        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            s, e = seq.num_computed, seq.num_computed + n
+            row0 = len(ids)
+            ids += seq.token_ids[s:e]
+            if ids[-1] == PENDING:
+                fed.append((len(ids) - 1, feed.rows[seq.seq_id]))
+                ids[-1] = 0
+            pos += range(s, e)
+            table = seq.block_table
+            for b in range(s // bs, (e - 1) // bs + 1):  # the slots of positions s..e-1, a block at a time
+                base = table[b] * bs - b * bs  # slot of position p in block b: base + p
+                slots += range(base + max(s, b * bs), base + min(e, (b + 1) * bs))
+            ctx.append(e)
+            if e == seq.num_tokens:
+                sample_rows.append(len(ids) - 1)
+                sample_seqs.append(seq)
+            if seq.params.prompt_logprobs is not None and s < seq.num_prompt_tokens:
+                prompt_rows[seq.seq_id] = (s, range(row0, row0 + min(n, seq.num_prompt_tokens - s)))
+        self.attn.meta = self._metadata(slots, block_tables(batch.seqs), batch.num_new_tokens, ctx,
+                                        batch.is_decode_only)
+        dev = self.device
+        ids = to_device(ids, torch.long, dev)
+        if fed:
+            rows, src = to_device(fed, torch.long, dev).unbind(1)
+            ids[rows] = feed.tokens[src]
+        return ids, to_device(pos, torch.long, dev), sample_rows, sample_seqs, prompt_rows
+
+    def _decode_inputs(self, batch: ScheduledBatch, feed: Feed | None):
+        """`_inputs` of a decode-only batch (one new token per sequence, every one sampling), built from int arrays
+        in one pass: the eager counterpart of `_run_decode_graph`'s staging."""
+        dev, i32, B = self.device, torch.int32, len(batch)
+        vec, fed, max_ctx = decode_rows(batch.seqs, feed.rows if feed is not None else {}, B, self.block_size)
+        vec = to_device(vec, torch.long, dev)  # (5, B): ids, positions, slots, context lengths, fed rows
+        ids = vec[0]
+        if fed:
+            src = vec[4]
+            ids = torch.where(src >= 0, feed.tokens[src.clamp(min=0)], ids)
+        self.attn.meta = AttentionMetadata(
+            slot_mapping=vec[2], block_tables=to_device(block_tables(batch.seqs), i32, dev),
+            context_lens=vec[3].to(i32), cu_seqlens_q=torch.arange(B + 1, dtype=i32, device=dev), max_q_len=1,
+            max_context_len=max_ctx, decode_only=True,
+        )
+        # a sequence admitted with all but its last prompt token cached is a decode too
+        prompt_rows = {seq.seq_id: (seq.num_computed, range(i, i + 1)) for i, seq in enumerate(batch.seqs)
+                       if seq.num_computed < seq.num_prompt_tokens and seq.params.prompt_logprobs is not None}
+        return ids, vec[1], torch.arange(B), list(batch.seqs), prompt_rows
+
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch, feed: Feed | None = None) -> StepLogits:
         """Compute the batch's new tokens; return logits for the sequences that reach their end (they sample).
@@ -190,34 +323,12 @@ class ModelRunner:
         decode_only = batch.is_decode_only
         if decode_only and self.graphs and len(batch) <= max(self.graphs):
             return self._run_decode_graph(batch, feed)
-        bs = self.block_size
-        ids, pos, slots, ctx, sample_rows, sample_seqs, prompt_rows = [], [], [], [], [], [], {}
-        fed = []  # (input row, row of feed.tokens)
-        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
-            s = seq.num_computed
-            row0 = len(ids)
-            ids += seq.token_ids[s : s + n]
-            if ids[-1] == PENDING:
-                fed.append((len(ids) - 1, feed.rows[seq.seq_id]))
-                ids[-1] = 0
-            pos += range(s, s + n)
-            table = seq.block_table
-            slots += [table[p // bs] * bs + p % bs for p in range(s, s + n)]
-            ctx.append(s + n)
-            if s + n == seq.num_tokens:
-                sample_rows.append(len(ids) - 1)
-                sample_seqs.append(seq)
-            if seq.params.prompt_logprobs is not None and s < seq.num_prompt_tokens:
-                prompt_rows[seq.seq_id] = (s, range(row0, row0 + min(n, seq.num_prompt_tokens - s)))
-        self.attn.meta = self._metadata(slots, block_tables(batch.seqs), batch.num_new_tokens, ctx, decode_only)
         dev = self.device
-        ids = to_device(ids, torch.long, dev)
-        if fed:
-            rows, src = to_device(fed, torch.long, dev).unbind(1)
-            ids[rows] = feed.tokens[src]
-        h = self.decoder(ids, to_device(pos, torch.long, dev), self.attn)
-        logits = self.model.output(h[to_device(sample_rows, torch.long, dev)]).float()
-        prompt_logits = {sid: (s, self.model.output(h[r.start : r.stop]).float())
+        prepare = self._decode_inputs if decode_only else self._inputs
+        ids, pos, sample_rows, sample_seqs, prompt_rows = prepare(batch, feed)  # sets self.attn.meta
+        h = self.decoder(ids, pos, self.attn)
+        logits = self.decoder.logits(h[to_device(sample_rows, torch.long, dev)]).float()
+        prompt_logits = {sid: (s, self.decoder.logits(h[r.start : r.stop]).float())
                          for sid, (s, r) in prompt_rows.items()}
         return StepLogits(logits, sample_seqs, prompt_logits)
 
@@ -270,7 +381,7 @@ class ModelRunner:
                                           cu[: size + 1], 1, self.max_model_len, decode_only=True)
 
             def step(size=size, attn=attn):
-                return self.model.output(self.decoder(self._g_ids[:size], self._g_pos[:size], attn))
+                return self.decoder.logits(self.decoder(self._g_ids[:size], self._g_pos[:size], attn))
 
             stream = torch.cuda.Stream(dev)
             stream.wait_stream(torch.cuda.current_stream(dev))
@@ -291,23 +402,9 @@ class ModelRunner:
         size = next(s for s in sorted(self.graphs) if s >= B)
         graph, out = self.graphs[size]
         # staged inputs, one row each: ids, positions, slots, context lengths, row of the fed token (-1: none);
-        # padded rows: token 0 at position 0, written nowhere, attending to one slot
-        ids, pos, slots, ctx, src = [0] * size, [0] * size, [-1] * size, [1] * size, [-1] * size
-        rows = feed.rows if feed is not None else {}
-        fed = False
-        for i, seq in enumerate(batch.seqs):
-            p = seq.num_computed
-            table = seq.block_table
-            token = seq.token_ids[p]
-            if token == PENDING:
-                src[i] = rows[seq.seq_id]
-                fed = True
-            else:
-                ids[i] = token
-            pos[i] = p
-            slots[i] = table[p // bs] * bs + p % bs
-            ctx[i] = p + 1
-        self._g_vec[:, :size].copy_(to_device([ids, pos, slots, ctx, src], torch.long, self.device))
+        # padded columns: token 0 at position 0, written nowhere, attending to one slot
+        vec, fed, _ = decode_rows(batch.seqs, feed.rows if feed is not None else {}, size, bs)
+        self._g_vec[:, :size].copy_(to_device(vec, torch.long, self.device))
         self._g_ctx[:size].copy_(self._g_vec[3, :size])
         if fed:  # the tokens sampled by the step before, without a round trip through the host
             g_src = self._g_vec[4, :size]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from shusheng.model.attention import AttentionBackend
@@ -30,6 +31,7 @@ class TorchOps:
     fused_add_rms_norm = staticmethod(kernels.fused_add_rms_norm_ref)
     qkv_rotary = staticmethod(kernels.qkv_rotary_ref)
     silu_mul = staticmethod(kernels.silu_mul_ref)
+    linear = staticmethod(F.linear)
 
 
 class TritonOps:
@@ -42,6 +44,7 @@ class TritonOps:
     fused_add_rms_norm = staticmethod(kernels.fused_add_rms_norm)
     qkv_rotary = staticmethod(kernels.qkv_rotary)
     silu_mul = staticmethod(kernels.silu_mul)
+    linear = staticmethod(kernels.linear)
 
 
 @dataclass
@@ -67,17 +70,25 @@ class PagedAttention(AttentionBackend):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, layer: int) -> Tensor:
         _, N, H, D = q.shape
+        k, v = k.view(N, -1, D), v.view(N, -1, D)
+        kc, vc, slots = self.cache_for(layer)
+        self.ops.store_kv(k, v, kc, vc, slots)
+        return self.attend(q.view(N, H, D), layer).view(1, N, H, D)
+
+    def cache_for(self, layer: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(k_cache, v_cache, slot_mapping) of `layer` this step: where a caller that writes the new K/V itself
+        (`qkv_rotary(cache=...)`) puts them before calling `attend`."""
+        return self.k_caches[layer], self.v_caches[layer], self.meta.slot_mapping
+
+    def attend(self, q: Tensor, layer: int) -> Tensor:
+        """(N, H, D) queries -> (N, H, D) attention outputs over the cache, this step's K/V already stored."""
         m = self.meta
-        q, k, v = q.view(N, H, D), k.view(N, -1, D), v.view(N, -1, D)
         kc, vc = self.k_caches[layer], self.v_caches[layer]
-        self.ops.store_kv(k, v, kc, vc, m.slot_mapping)
-        scale = D**-0.5
+        scale = q.shape[-1] ** -0.5
         if m.decode_only:
-            out = self.ops.decode(q, kc, vc, m.block_tables, m.context_lens, scale, num_splits=m.num_splits,
-                                  max_context_len=m.max_context_len)
-        else:
-            out = self.ops.extend(q, kc, vc, m.block_tables, m.cu_seqlens_q, m.context_lens, m.max_q_len, scale)
-        return out.view(1, N, H, D)
+            return self.ops.decode(q, kc, vc, m.block_tables, m.context_lens, scale, num_splits=m.num_splits,
+                                   max_context_len=m.max_context_len)
+        return self.ops.extend(q, kc, vc, m.block_tables, m.cu_seqlens_q, m.context_lens, m.max_q_len, scale)
 
 
 def ops_for(device: torch.device):

@@ -14,6 +14,7 @@ from .config import EngineConfig
 from .llm_engine import LLMEngine
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
+from .tensor_parallel import TPEngine, build_engine
 
 
 def _is_conversation(x: Any) -> bool:
@@ -71,6 +72,11 @@ class Pipeline:
         outputs = self.engine.generate(prompts, sampling)
         return outputs[0] if single else outputs
 
+    def shutdown(self) -> None:
+        """Stops the worker processes of a tensor-parallel engine (also done at exit); nothing on one device."""
+        if isinstance(self.engine, TPEngine):
+            self.engine.shutdown()
+
 
 def pipeline(path: str, chat_template: str | None = None, **engine_options) -> Pipeline:
     """An offline pipeline over the checkpoint folder `path`.
@@ -78,6 +84,7 @@ def pipeline(path: str, chat_template: str | None = None, **engine_options) -> P
     Args:
         path: checkpoint folder (config.json, weights, tokenizer files).
         chat_template: template for conversations; default the one the tokenizer names.
-        **engine_options: EngineConfig fields (device, dtype, max_num_seqs, gpu_memory_utilization, ...).
+        **engine_options: EngineConfig fields (device, dtype, max_num_seqs, gpu_memory_utilization,
+            tensor_parallel_size, ...).
     """
-    return Pipeline(LLMEngine(EngineConfig.from_kwargs(path, **engine_options)), chat_template)
+    return Pipeline(build_engine(EngineConfig.from_kwargs(path, **engine_options)), chat_template)

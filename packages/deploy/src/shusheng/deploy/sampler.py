@@ -50,6 +50,8 @@ class SamplingTensors:
             under their ``min_tokens``); None when there are none.
         seeded_rows: Rows sampled with their own generator (seeded and not greedy).
         max_num_logprobs: Largest ``logprobs`` asked for in the batch; None when no row asks.
+        chosen_logprobs: Return the chosen ids' log-probabilities even when no row asked for logprobs (a
+            log-softmax over the vocabulary; the engine's argmax-only steps skip it).
     """
 
     temperatures: Tensor | None
@@ -68,6 +70,21 @@ class SamplingTensors:
     min_tokens_ids: Tensor | None
     seeded_rows: tuple[int, ...]
     max_num_logprobs: int | None
+    chosen_logprobs: bool = True
+
+    @staticmethod
+    def argmax_only(p: SamplingParams) -> bool:
+        """Whether a row is the argmax of its raw logits and nothing else: greedy, without penalties, min_tokens or
+        logprobs. A batch of such rows needs no per-row tensors (see :meth:`argmax`)."""
+        return (p.greedy and p.repetition_penalty == 1.0 and not p.presence_penalty and not p.frequency_penalty
+                and not p.min_tokens and p.logprobs is None)
+
+    @classmethod
+    def argmax(cls) -> SamplingTensors:
+        """What :meth:`from_params` makes for rows that are all :meth:`argmax_only`, whatever their number (the
+        engine skips building it from every row)."""
+        return cls(None, None, True, None, None, None, None, None, None, None, None, None, None, None, (), None,
+                   chosen_logprobs=False)
 
     @classmethod
     def from_params(
@@ -160,7 +177,8 @@ class SamplerOutput:
 
     Attributes:
         token_ids: (B,) int64 chosen ids.
-        logprobs: (B,) float32 log-probability of each chosen id.
+        logprobs: (B,) float32 log-probability of each chosen id; None when the step's tensors skipped them
+            (``SamplingTensors.chosen_logprobs``).
         ranks: (B,) int64 rank of the chosen id (1 = most likely); None when no row asked for logprobs.
         top_token_ids: (B, N) int64 the N most likely ids, most likely first (N = the largest ``logprobs`` asked
             for; a row that asked for fewer uses the first ones); None when N = 0 or nobody asked.
@@ -168,7 +186,7 @@ class SamplerOutput:
     """
 
     token_ids: Tensor
-    logprobs: Tensor
+    logprobs: Tensor | None
     ranks: Tensor | None = None
     top_token_ids: Tensor | None = None
     top_logprobs: Tensor | None = None
@@ -216,7 +234,7 @@ class Sampler(nn.Module):
             x = apply_penalties(x, tensors)
 
         if tensors.greedy is not None or tensors.all_greedy:
-            greedy_ids = x.argmax(-1)  # of the penalized logits; temperature would not change it
+            greedy_ids = argmax_rows(x)  # of the penalized logits; temperature would not change it
         if tensors.all_greedy:
             token_ids = greedy_ids
         else:
@@ -231,9 +249,24 @@ class Sampler(nn.Module):
                 token_ids = torch.where(tensors.greedy, greedy_ids, token_ids)
 
         if raw_logprobs is None:
+            if not tensors.chosen_logprobs:
+                return SamplerOutput(token_ids, None)
             chosen = raw.gather(-1, token_ids[:, None])[:, 0] - raw.logsumexp(-1)
             return SamplerOutput(token_ids, chosen)
         return _gather_logprobs(raw_logprobs, token_ids, tensors.max_num_logprobs)
+
+
+def argmax_rows(x: Tensor, max_rows: int = 8) -> Tensor:
+    """`x.argmax(-1)` of a (B, V) tensor, the first maximum on ties. A few long rows are reduced in two stages,
+    chunk maxima then the best chunk: one row per thread block would leave most of a GPU idle (92k logits: 21 us
+    against a few)."""
+    B, V = x.shape
+    chunks = next((c for c in (256, 128, 64, 32) if V % c == 0 and V // c >= 32), None)
+    if B > max_rows or chunks is None:
+        return x.argmax(-1)
+    vals, idx = x.view(B, chunks, V // chunks).max(-1)  # first maximum of each chunk
+    best = vals.argmax(-1, keepdim=True)  # first chunk holding the row's maximum
+    return (best * (V // chunks) + idx.gather(-1, best))[:, 0]
 
 
 def apply_penalties(logits: Tensor, tensors: SamplingTensors) -> Tensor:

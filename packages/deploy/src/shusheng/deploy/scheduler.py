@@ -23,6 +23,7 @@ class ScheduledBatch:
     num_new_tokens: list[int] = field(default_factory=list)
     block_copies: list[tuple[int, int]] = field(default_factory=list)  # copy-on-write (src, dst)
     preempted: list[Sequence] = field(default_factory=list)
+    decode_only: bool | None = None  # `is_decode_only`, as the scheduler found it (None: not known)
 
     @property
     def num_tokens(self) -> int:
@@ -32,6 +33,8 @@ class ScheduledBatch:
     def is_decode_only(self) -> bool:
         """Every sequence computes its one last token on top of a cache, and samples (the CUDA-graph case); a
         prefill chunk cut to one token by the budget is not a decode."""
+        if self.decode_only is not None:
+            return self.decode_only
         return all(n == 1 and s.num_computed > 0 and s.num_tokens - s.num_computed == 1
                    for s, n in zip(self.seqs, self.num_new_tokens, strict=True))
 
@@ -56,21 +59,28 @@ class Scheduler:
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
         budget = self.config.max_num_batched_tokens
+        running, allocate = self.running, self.bm.allocate
+        seqs, counts = batch.seqs, batch.num_new_tokens
+        decode_only = True
         i = 0
-        while i < len(self.running) and budget > 0:
-            seq = self.running[i]
+        while i < len(running) and budget > 0:  # a per-token loop at decode: kept lean
+            seq = running[i]
             if seq.last_is_pending_final:  # finishes when its last token is read back: nothing to compute
                 i += 1
                 continue
-            n = min(seq.num_tokens - seq.num_computed, budget)
-            while not self.bm.allocate(seq, n):
-                victim = self.running.pop()  # the most recently admitted
+            computed = seq.num_computed
+            left = len(seq.token_ids) - computed
+            n = left if left < budget else budget
+            # below slots_end (most decode steps) the sequence's own blocks have room: nothing to allocate
+            while computed + n > seq.slots_end and not allocate(seq, n):
+                victim = running.pop()  # the most recently admitted
                 self._preempt(victim, batch)
                 if victim is seq:
                     break
             else:
-                batch.seqs.append(seq)
-                batch.num_new_tokens.append(n)
+                seqs.append(seq)
+                counts.append(n)
+                decode_only = decode_only and left == 1 and computed > 0
                 budget -= n
                 i += 1
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs and not batch.preempted:
@@ -86,10 +96,12 @@ class Scheduler:
             seq.status = Status.RUNNING
             self.waiting.popleft()
             self.running.append(seq)
-            batch.seqs.append(seq)
-            batch.num_new_tokens.append(n)
+            seqs.append(seq)
+            counts.append(n)
+            decode_only = decode_only and n == 1 and start > 0 and seq.num_tokens - start == 1
             budget -= n
         batch.block_copies = self.bm.take_copies()
+        batch.decode_only = decode_only
         return batch
 
     def _preempt(self, seq: Sequence, batch: ScheduledBatch) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from array import array
 from enum import Enum, auto
 from typing import TYPE_CHECKING
 
@@ -36,7 +37,8 @@ class Sequence:
         self.num_prompt_tokens = len(prompt_ids)
         self.params = params
         self.status = Status.WAITING
-        self.block_table: list[int] = []
+        self.block_table = array("i")  # block ids (an int32 array: copied into the step's tensor in one go)
+        self.slots_end = 0  # positions below it have KV slots of its own (kept by the BlockManager)
         self.num_computed = 0
         self.num_cached_prompt = 0  # prompt tokens served from the prefix cache on first schedule
         self.finish_reason: str | None = None

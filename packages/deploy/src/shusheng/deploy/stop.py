@@ -65,6 +65,8 @@ class StopChecker:
         Raises:
             RuntimeError: The sequence has already finished.
         """
+        if not text_delta and not self.params.stop:  # nothing to scan or release (deferred text, partial chars)
+            return "", self.count(token_id)
         if self.finished:
             raise RuntimeError(f"sequence already finished ({self.finish_reason}); no more tokens")
         self.num_tokens += 1
@@ -73,16 +75,34 @@ class StopChecker:
             self.stop_reason = token_id if token_id in self.params.stop_token_ids else None
             self._text += text_delta if self.params.include_stop_str_in_output else ""
             return self._finish("stop", len(self._text))
-        if not text_delta and not self.params.stop:  # nothing to scan or release (deferred text, partial chars)
-            if self.max_tokens is not None and self.num_tokens >= self.max_tokens:
-                return self._finish("length", len(self._text))
-            return "", None
         end = self._append(text_delta, may_stop)
         if self.finished:
             return self._release(end), self.finish_reason
         if self.max_tokens is not None and self.num_tokens >= self.max_tokens:
             return self._finish("length", len(self._text))
         return self._release(end), None
+
+    def count(self, token_id: int) -> str | None:
+        """Takes one generated token whose text is not looked at: ``update(token_id, "")`` for a sequence without
+        stop strings (the engine's per-token fast path when it makes the text later).
+
+        Returns:
+            The finish reason, or None.
+
+        Raises:
+            RuntimeError: The sequence has already finished, or has stop strings (their text must be scanned).
+        """
+        if self.finish_reason is not None:
+            raise RuntimeError(f"sequence already finished ({self.finish_reason}); no more tokens")
+        if self.params.stop:
+            raise RuntimeError("a sequence with stop strings needs its text: call update()")
+        n = self.num_tokens = self.num_tokens + 1
+        if token_id in self.stop_ids and n > self.params.min_tokens:
+            self.stop_reason = token_id if token_id in self.params.stop_token_ids else None
+            self.finish_reason = "stop"
+        elif self.max_tokens is not None and n >= self.max_tokens:
+            self.finish_reason = "length"
+        return self.finish_reason
 
     def flush(self, text_delta: str = "") -> str:
         """Releases the text still held back, e.g. when the engine ends the sequence or the detokenizer flushes.

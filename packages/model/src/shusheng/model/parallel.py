@@ -9,16 +9,32 @@ shape). evo, tuner and deploy share them:
     apply_compile(model)                   # torch.compile each block
     apply_fsdp(model, mesh["dp"])          # FSDP2 fully_shard per block, then the root
 
+    shard_tp_local(model, rank, tp)        # serving: the same TP layout as plain local tensors
+
 Tensor parallelism shards the grouped `wqkv` over whole KV-head groups (contiguous rows), so each rank computes
 complete query groups with their own k and v, and the attention layer infers its local head counts from shapes.
+`shard_tp_local` cuts the same layout into plain local tensors for serving (deploy's engine), where DTensor's
+per-op dispatch costs too much in a decode step and the fused kernels want plain tensors; the caller then
+all-reduces the outputs of `wo` and `w2` and all-gathers the vocabulary-sharded logits itself.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
+from .config import ModelConfig
 from .model import Transformer
+
+
+def check_tp(cfg: ModelConfig, tp: int) -> None:
+    """Raises ValueError unless the TP degree `tp` divides num_kv_heads, intermediate_size and vocab_size."""
+    if tp < 1:
+        raise ValueError(f"tensor parallel degree must be >= 1, got {tp}")
+    for name in ("num_kv_heads", "intermediate_size", "vocab_size"):
+        if getattr(cfg, name) % tp:
+            raise ValueError(f"tensor parallel degree {tp} must divide {name} ({getattr(cfg, name)})")
 
 
 def apply_tp(model: Transformer, tp_mesh: DeviceMesh) -> Transformer:
@@ -34,9 +50,7 @@ def apply_tp(model: Transformer, tp_mesh: DeviceMesh) -> Transformer:
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
     cfg, tp = model.config, tp_mesh.size()
-    for name in ("num_kv_heads", "intermediate_size", "vocab_size"):
-        if getattr(cfg, name) % tp:
-            raise ValueError(f"tensor parallel degree {tp} must divide {name} ({getattr(cfg, name)})")
+    check_tp(cfg, tp)
     if cfg.tie_word_embeddings:
         raise ValueError("tensor parallelism of tied embeddings is not supported; untie them or use FSDP only")
     parallelize_module(
@@ -56,6 +70,52 @@ def apply_tp(model: Transformer, tp_mesh: DeviceMesh) -> Transformer:
     }
     for block in model.layers:
         parallelize_module(block, tp_mesh, plan)
+    return model
+
+
+@torch.no_grad()
+def shard_tp_local(model: Transformer, rank: int, tp: int) -> Transformer:
+    """Keep rank `rank`'s tensor-parallel shard of every projection, in place, as plain local tensors (inference).
+
+    The layout is `apply_tp`'s: `wqkv` (and its bias) by output rows over whole KV-head groups, `w1` and `w3` by
+    output rows, `wo` and `w2` by input columns, the output head by vocabulary rows (a tied head gets its own
+    shard; the embeddings stay whole). Norms stay replicated; `wo`'s bias stays on rank 0 only, so the sum over
+    ranks adds it once. The model's forward then computes this rank's partial sums: the caller all-reduces the
+    outputs of `wo` and `w2` and all-gathers the logits (vocabulary shards in rank order).
+
+    Args:
+        model: a plain (non-DTensor) `Transformer`; its full weights are released as they are cut.
+        rank: this process's rank in the TP group, 0 .. tp - 1.
+        tp: the TP degree.
+
+    Raises:
+        ValueError: a bad rank, or num_kv_heads, intermediate_size or vocab_size not divisible by `tp`.
+    """
+    check_tp(model.config, tp)
+    if not 0 <= rank < tp:
+        raise ValueError(f"rank {rank} is outside the tensor parallel group of size {tp}")
+
+    def cut(linear: nn.Linear, dim: int) -> None:
+        w = linear.weight
+        n = w.shape[dim] // tp
+        # clone: a view would keep the full tensor alive
+        linear.weight = nn.Parameter(w.narrow(dim, rank * n, n).clone(), requires_grad=False)
+        if dim == 0 and linear.bias is not None:
+            linear.bias = nn.Parameter(linear.bias.narrow(0, rank * n, n).clone(), requires_grad=False)
+        elif dim == 1 and linear.bias is not None and rank != 0:
+            linear.bias = None
+        linear.out_features, linear.in_features = linear.weight.shape
+
+    for block in model.layers:
+        attn, ffn = block.attention, block.feed_forward
+        cut(attn.wqkv, 0)  # rows are KV groups of [q_1 .. q_g, k, v]: a contiguous cut keeps whole groups
+        cut(attn.wo, 1)
+        cut(ffn.w1, 0)
+        cut(ffn.w3, 0)
+        cut(ffn.w2, 1)
+    if model.output.weight is model.tok_embeddings.weight:  # tied: the embeddings stay whole, the head is cut
+        model.output.weight = nn.Parameter(model.output.weight.detach(), requires_grad=False)
+    cut(model.output, 0)
     return model
 
 

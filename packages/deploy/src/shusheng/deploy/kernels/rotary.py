@@ -4,7 +4,8 @@ Layout: qkv: [N, KV * (G + 2) * D], InternLM2's grouped `wqkv` output: per KV he
 (each D wide), last dim contiguous, row stride free. positions: [N] int; inv_freq: [D/2] fp32 (the model's
 `Rotary.inv_freq`, which carries the rope scaling). Outputs: q [N, KV * G, D] and k [N, KV, D], new contiguous
 tensors, query head kv * G + j taken from group kv, slot j (the model's `qkv[:, :, :, :G].reshape`); v [N, KV, D]
-is a strided view into qkv (no copy; `store_kv` accepts it).
+is a strided view into qkv (no copy; `store_kv` accepts it). With `cache=` the kernel also writes rotated k and v
+into the paged KV cache at each token's slot (what `store_kv` would do next, without its launch).
 
 Semantics are the model's `Rotary` + `apply_rope` (shusheng.model.model), rotate-half convention, with the same
 rounding points: angles = float(position) * inv_freq in fp32; cos and sin computed in fp32 and cast to the
@@ -27,7 +28,11 @@ def _qkv_rotary_kernel(
     inv_freq_ptr,  # [D / 2] fp32
     q_ptr,  # [N, KV * G, D]
     k_ptr,  # [N, KV, D]
+    k_cache_ptr,  # [num_slots, KV, D] (with TO_CACHE)
+    v_cache_ptr,
+    slot_ptr,  # [N] (with TO_CACHE)
     stride_qkv,
+    TO_CACHE: tl.constexpr,
     KV: tl.constexpr,
     G: tl.constexpr,
     D: tl.constexpr,
@@ -62,6 +67,15 @@ def _qkv_rotary_kernel(
     tl.store(q_dst + HALF, o2, mask=mask & is_q)
     tl.store(k_dst, o1, mask=mask & ~is_q)
     tl.store(k_dst + HALF, o2, mask=mask & ~is_q)
+    if TO_CACHE:  # the k head's rows also go to the cache at the token's slot, with the group's v row beside them
+        slot = tl.load(slot_ptr + n).to(tl.int64)  # < 0: a padding token, written nowhere
+        is_k = mask & ~is_q & ((r * 0 + slot) >= 0)[:, None]
+        dst = slot * (KV * D) + kv[:, None] * D + i[None, :]
+        tl.store(k_cache_ptr + dst, o1, mask=is_k)
+        tl.store(k_cache_ptr + dst + HALF, o2, mask=is_k)
+        v_src = src + D  # the v head follows the k head in the group
+        tl.store(v_cache_ptr + dst, tl.load(v_src, mask=is_k), mask=is_k)
+        tl.store(v_cache_ptr + dst + HALF, tl.load(v_src + HALF, mask=is_k), mask=is_k)
 
 
 def _check(qkv, positions, inv_freq, num_kv_heads, group, head_dim) -> None:
@@ -84,6 +98,7 @@ def qkv_rotary(
     group: int,
     head_dim: int,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
+    cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Split the fused qkv projection and apply rotary embeddings to q and k (Triton kernel).
 
@@ -97,6 +112,9 @@ def qkv_rotary(
         head_dim: D.
         out: optional (q, k) outputs, contiguous [N, KV * G, D] and [N, KV, D] in qkv's dtype (e.g. a CUDA
             graph's static buffers). Allocated when None.
+        cache: optional (k_cache, v_cache, slot_mapping): also write each token's rotated k and its v into the
+            paged caches ([num_blocks, block_size, KV, D], contiguous, qkv's dtype) at its slot (int32/int64 [N];
+            < 0 skips the token), which is `store_kv` done in the same launch.
 
     Returns:
         (q, k, v): q [N, KV * G, D] and k [N, KV, D] rotated, contiguous (`out` when given); v [N, KV, D] a view
@@ -117,12 +135,20 @@ def qkv_rotary(
     v = qkv.view(N, KV, G + 2, D)[:, :, G + 1]
     if N == 0:
         return q, k, v
+    if cache is not None:
+        kc, vc, slots = cache
+        assert kc.shape[-2:] == (KV, D) and vc.shape == kc.shape, f"caches {tuple(kc.shape)} must end in [{KV}, {D}]"
+        assert kc.is_contiguous() and vc.is_contiguous() and kc.dtype == vc.dtype == qkv.dtype, \
+            "caches must be contiguous, in qkv's dtype"
+        assert slots.shape == (N,) and slots.is_contiguous(), f"slot_mapping must be contiguous [N={N}]"
+    else:
+        kc = vc = slots = k  # never read without TO_CACHE
     block_half = triton.next_power_of_2(D // 2)
     block_r = min(triton.next_power_of_2(KV * (G + 1)), max(1, 1024 // block_half))
     grid = (N, triton.cdiv(KV * (G + 1), block_r))
     _qkv_rotary_kernel[grid](
-        qkv, positions, inv_freq, q, k, qkv.stride(0),
-        KV=KV, G=G, D=D, BLOCK_R=block_r, BLOCK_HALF=block_half, num_warps=4,
+        qkv, positions, inv_freq, q, k, kc, vc, slots, qkv.stride(0),
+        TO_CACHE=cache is not None, KV=KV, G=G, D=D, BLOCK_R=block_r, BLOCK_HALF=block_half, num_warps=4,
     )
     return q, k, v
 
@@ -135,6 +161,7 @@ def qkv_rotary_ref(
     group: int,
     head_dim: int,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
+    cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PyTorch reference of `qkv_rotary` (same arguments and semantics); needs no triton."""
     _check(qkv, positions, inv_freq, num_kv_heads, group, head_dim)
@@ -152,4 +179,8 @@ def qkv_rotary_ref(
     q, k = rope(q), rope(k)
     if out is not None:
         q, k = out[0].copy_(q), out[1].copy_(k)
+    if cache is not None:
+        from shusheng.deploy.kernels.store_kv import store_kv_ref
+
+        store_kv_ref(k, v, cache[0], cache[1], cache[2])
     return q, k, v

@@ -1,0 +1,100 @@
+"""The skinny-GEMM decode kernel (`kernels/gemv.py`) against `F.linear`.
+
+Without CUDA the kernel runs in Triton's CPU interpreter (fp32 and fp16, odd sizes, every launch configuration);
+tests marked `gpu` run it compiled in bf16 at serving shapes, with the configuration picked by timing. Outputs are
+allocated by the kernel wrapper; a missed write shows up as garbage against the reference.
+"""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first `import triton`
+
+from shusheng.deploy.kernels._triton import HAS_TRITON  # noqa: E402
+from shusheng.deploy.kernels.gemv import MAX_ROWS, candidates, gemv, linear  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not importable: the kernel cannot run")
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def rel_err(out, ref):
+    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+def operands(M, N, K, dtype, bias, seed=0):
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    x = torch.randn(M, K, generator=g, device=DEVICE).to(dtype)
+    w = (torch.randn(N, K, generator=g, device=DEVICE) / K**0.5).to(dtype)
+    b = torch.randn(N, generator=g, device=DEVICE).to(dtype) if bias else None
+    return x, w, b
+
+
+def reference(x, w, b):
+    return F.linear(x.double(), w.double(), None if b is None else b.double())
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (1, 37, 300), (1, 64, 512), (3, 50, 129), (8, 33, 640), (16, 17, 96)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_gemv_matches_linear(M, N, K, dtype, bias):
+    x, w, b = operands(M, N, K, dtype, bias)
+    out = gemv(x, w, b)
+    assert out.shape == (M, N) and out.dtype == dtype
+    assert rel_err(out, reference(x, w, b)) < TOL[dtype]
+
+
+@needs_triton
+@pytest.mark.parametrize("M", [1, 5])
+def test_every_candidate_configuration_is_correct(M):
+    """The timing picks any candidate on a GPU, so each must be right, also where N and K are not tile multiples
+    and with split-K (whose counters must be re-armed: each configuration runs twice)."""
+    x, w, b = operands(M, 70, 1100, torch.float16, bias=True, seed=1)
+    ref = reference(x, w, b)
+    assert any(c[5] > 1 for c in candidates(M)) and (M > 1 or any(c[0] == "rows" for c in candidates(M)))
+    for cfg in candidates(M):
+        for _ in range(2):
+            assert rel_err(gemv(x, w, b, config=cfg), ref) < TOL[torch.float16], cfg
+
+
+@needs_triton
+def test_strided_rows_of_x():
+    """x may be a row slice of a wider buffer (the hidden states of the graph's padded batch)."""
+    big, w, _ = operands(4, 40, 256, torch.float16, bias=False, seed=2)
+    wide = torch.cat([big, big], dim=1)[:, :256]
+    assert rel_err(gemv(wide, w), reference(big, w, None)) < TOL[torch.float16]
+
+
+def test_linear_falls_back_outside_the_kernel_domain():
+    """More rows than MAX_ROWS, fp32 and CPU tensors all go to F.linear, exactly."""
+    x, w, b = operands(MAX_ROWS + 1, 24, 40, torch.float32, bias=True)
+    assert torch.equal(linear(x, w, b), F.linear(x, w, b))
+    x1 = x[:1]
+    if not x1.is_cuda:
+        assert torch.equal(linear(x1, w, b), F.linear(x1, w, b))
+
+
+def test_gemv_rejects_bad_shapes():
+    if not HAS_TRITON:
+        pytest.skip("triton is not importable")
+    x, w, _ = operands(MAX_ROWS + 1, 8, 16, torch.float32, bias=False)
+    with pytest.raises(AssertionError, match="rows"):
+        gemv(x, w)
+    with pytest.raises(AssertionError, match="contiguous"):
+        gemv(x[:2], w.t().contiguous().t())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("M", [1, 2, 8, 16])
+@pytest.mark.parametrize("N,K", [(4096, 2048), (2048, 8192), (92544, 2048)])
+def test_gpu_gemv_bf16_serving_shapes(M, N, K):
+    x, w, b = operands(M, N, K, torch.bfloat16, bias=False, seed=3)
+    out = linear(x, w, b)
+    assert rel_err(out, reference(x, w, b)) < TOL[torch.bfloat16]
+    # the same as cuBLAS up to bf16 rounding of the output
+    assert rel_err(out, F.linear(x, w)) < 1e-2

@@ -1,0 +1,24 @@
+"""benchmarks/host_overhead.py on CPU: the step's host time splits into parts that add up."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "host_overhead.py"
+
+
+def test_small_batch_parts_add_up():
+    cmd = [sys.executable, str(SCRIPT), "--batch", "8", "--steps", "5", "--warmup", "2", "--repeats", "2",
+           "--prompt-len", "20", "--profile"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (res["batch"], res["steps"], len(res["host_python_all_repeats"])) == (8, 5, 2)
+    t = res["us_per_seq_step"]
+    assert all(v > 0 for v in t.values()), t
+    assert math.isclose(t["step"], t["run_and_sampler"] + t["bookkeeping"], rel_tol=1e-3)
+    assert math.isclose(t["host_python"], t["bookkeeping"] + t["input_prep"], rel_tol=1e-3)
+    assert t["schedule"] + t["complete"] < t["bookkeeping"] and t["forward"] < t["run_and_sampler"]
+    assert "llm_engine.py" in proc.stderr and "(_complete)" in proc.stderr  # the profile of the engine's functions
