@@ -128,6 +128,23 @@ def test_logprobs_and_prompt_logprobs(tiny_ckpt):
         assert entry["top"][0][0] == full[pos + 1]  # greedy: the chosen token is the most likely
 
 
+def test_prompt_logprobs_after_a_prefix_cache_hit(tiny_ckpt):
+    """Log-likelihood evaluation scores one context with several continuations: the shared prefix is in the cache
+    after the first request, and a request for prompt logprobs must still get one for every prompt position
+    (it computes its whole prompt), equal to those of a cold run."""
+    eng = engine(tiny_ckpt)
+    context = prompts_of([40], seed=9)[0]
+    params = SamplingParams(max_tokens=1, prompt_logprobs=0, **GREEDY)
+    cold = eng.generate([context + [5, 6]], params)[0]
+    assert eng.generate([context + [7]], SamplingParams(max_tokens=1, **GREEDY))[0].num_cached_tokens >= 32
+    warm = eng.generate([context + [6, 6]], params)[0]  # its first 32 tokens are in the cache
+    for out, prompt in ((cold, context + [5, 6]), (warm, context + [6, 6])):
+        assert len(out.prompt_logprobs) == len(prompt) and out.prompt_logprobs[0] is None
+        assert [e["token_id"] for e in out.prompt_logprobs[1:]] == prompt[1:]
+    assert [e["logprob"] for e in warm.prompt_logprobs[1:40]] == \
+        pytest.approx([e["logprob"] for e in cold.prompt_logprobs[1:40]], abs=1e-5)
+
+
 def test_stop_strings_and_eos(tiny_ckpt):
     eng = engine(tiny_ckpt)
     prompt = prompts_of([9], seed=8)[0]

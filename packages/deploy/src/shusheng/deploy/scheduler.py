@@ -85,7 +85,8 @@ class Scheduler:
                 i += 1
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs and not batch.preempted:
             seq = self.waiting[0]
-            cached = self.bm.cached_prefix(seq) if seq.num_computed == 0 else []
+            # a request for prompt logprobs computes every prompt position: cached ones would have none
+            cached = [] if seq.num_computed or seq.params.prompt_logprobs is not None else self.bm.cached_prefix(seq)
             start = len(cached) * self.bm.block_size
             n = min(seq.num_tokens - start, budget)
             if not self.bm.allocate(seq, n, cached):
