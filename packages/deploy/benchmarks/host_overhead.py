@@ -26,6 +26,8 @@ the least `host_python`):
     schedule         Scheduler.schedule (part of bookkeeping)
     complete         reading a step's samples back: stop checks, outputs (part of bookkeeping)
 
+`--streaming` steps the way a server does (`step()`: an output of every running request every step) and
+`--delta-outputs` makes those outputs deltas, as the server's engine process does (`LLMEngine.delta_outputs`).
 `--profile` also prints (to stderr) cProfile's top engine functions over one more window.
 """
 
@@ -109,12 +111,12 @@ def build_engine(batch: int, max_tokens: int, prompt_len: int, vocab_size: int, 
     return engine
 
 
-def decode_window(engine: LLMEngine, timers: Timers, steps: int, batch: int) -> dict:
+def decode_window(engine: LLMEngine, timers: Timers, steps: int, batch: int, streaming: bool = False) -> dict:
     """Times `steps` decode steps of `batch` running sequences; µs per sequence per step."""
     timers.reset()
     t0 = time.perf_counter()
     for _ in range(steps):
-        if engine.step(final_only=True):
+        if any(out.finished for out in engine.step(final_only=not streaming)):
             raise RuntimeError("a request finished inside the timed window: raise max_tokens")
     wall = time.perf_counter() - t0
     t = timers.total
@@ -143,11 +145,14 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--profile", action="store_true", help="print cProfile's top functions over one more window")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--streaming", action="store_true", help="step() as a server does: every request's output")
+    p.add_argument("--delta-outputs", action="store_true", help="with --streaming: outputs as deltas")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     windows = args.repeats + (1 if args.profile else 0)
     max_tokens = args.warmup + windows * args.steps + 20  # no request finishes inside a timed window
     engine = build_engine(args.batch, max_tokens, args.prompt_len, args.vocab_size, args.seed)
+    engine.delta_outputs = args.delta_outputs
     timers = instrument(engine)
     prefill_steps = 0
     while any(s.num_computed < s.num_prompt_tokens for s in engine.scheduler.running) or engine.scheduler.waiting:
@@ -158,15 +163,16 @@ def main() -> int:
     if len(engine.scheduler.running) != args.batch:
         raise RuntimeError(f"{len(engine.scheduler.running)} sequences run, not {args.batch}: the KV pool is short")
     gc.collect()
-    runs = [decode_window(engine, timers, args.steps, args.batch) for _ in range(args.repeats)]
+    runs = [decode_window(engine, timers, args.steps, args.batch, args.streaming) for _ in range(args.repeats)]
     best = min(runs, key=lambda r: r["host_python"])
-    result = {"batch": args.batch, "steps": args.steps, "repeats": args.repeats, "prefill_steps": prefill_steps,
+    result = {"batch": args.batch, "steps": args.steps, "streaming": args.streaming,
+              "delta_outputs": args.delta_outputs, "repeats": args.repeats, "prefill_steps": prefill_steps,
               "us_per_seq_step": {k: round(v, 3) for k, v in best.items()},
               "host_python_all_repeats": [round(r["host_python"], 3) for r in runs]}
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
-        decode_window(engine, timers, args.steps, args.batch)
+        decode_window(engine, timers, args.steps, args.batch, args.streaming)
         prof.disable()
         # the engine's own functions (not the forward's: its CPU reference kernels say nothing about a GPU)
         stats = pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime")

@@ -10,7 +10,7 @@ from shusheng.deploy.sequence import PENDING, Sequence
 def test_decode_inputs_equal_the_general_inputs(tiny_ckpt):
     """Every decode-only step's inputs from `_decode_inputs` (int arrays, fed tokens by `torch.where`) equal
     `_inputs`' (the loop over any batch): ids after the feed, positions, slots, block tables, context lengths, the
-    sampling rows; through overlapped steps, n > 1 forks, preemption and a prefix-cache hit."""
+    sampling rows; through overlapped steps, n > 1 forks, preemption and a one-token last prefill chunk."""
     eng = LLMEngine(EngineConfig(model=str(tiny_ckpt), device="cpu", num_kv_blocks=10))
     runner = eng.runner
     fast, checked = runner._decode_inputs, []
@@ -37,9 +37,10 @@ def test_decode_inputs_equal_the_general_inputs(tiny_ckpt):
               SamplingParams(max_tokens=15, temperature=0.0, ignore_eos=True)]
     eng.generate(prompts, params)
     assert eng.scheduler.num_preemptions > 0 and len(checked) > 20 and any(fed for fed, _ in checked)
-    # a decode that is a prompt's last token (all others cached) has a prompt-logprobs row
+    # a decode-only step that is a prompt's last token (its last one-token prefill chunk) has a prompt-logprobs row
+    eng.config.max_num_batched_tokens = 16
     out = eng.generate([prompts[3][:32] + [9]], SamplingParams(max_tokens=3, prompt_logprobs=2))[0]
-    assert out.num_cached_tokens == 32 and checked[-3][1]
+    assert len(out.prompt_logprobs) == 33 and checked[-3][1]
 
 
 def test_decode_rows_pad_for_a_cuda_graph():

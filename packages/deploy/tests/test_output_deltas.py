@@ -39,3 +39,38 @@ def test_rebuilt_outputs_equal_the_engines(tiny_ckpt):
             compared += 1
     assert compared > 20 and twice and len(rebuilder) == 0  # every request finished and was dropped
     assert rebuilder.rebuild(delta(expected, False)) is None  # unknown (finished) requests are ignored
+
+
+def test_an_engine_making_deltas_rebuilds_to_the_snapshots(tiny_ckpt):
+    """`delta_outputs` (the engine process's mode) skips the snapshots' list copies; rebuilt, its outputs equal a
+    snapshot engine's, step for step (same seeds, same schedule)."""
+    snap, dlt = (LLMEngine(EngineConfig.from_kwargs(str(tiny_ckpt), device="cpu")) for _ in range(2))
+    dlt.delta_outputs = True
+    requests = {
+        "n2": ("hello world", SamplingParams(max_tokens=7, temperature=0.8, seed=1, n=2, logprobs=2)),
+        "echo": ("the cat sat on", SamplingParams(max_tokens=4, temperature=0.0, prompt_logprobs=1, logprobs=0)),
+        "stop": ("a b c d e f", SamplingParams(max_tokens=12, temperature=0.0, stop=["e"], ignore_eos=True)),
+        "aborted": ("x y z", SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True)),
+    }
+    rebuilder, started = OutputRebuilder(), set()
+    for rid, (prompt, params) in requests.items():
+        for eng in (snap, dlt):
+            eng.add_request(prompt, params, request_id=rid)
+        rebuilder.add(rid, prompt, dlt.encode_prompt(prompt))
+    compared, step = 0, 0
+    while snap.has_unfinished():
+        outs, douts = snap.step(), dlt.step()
+        if step == 4:
+            outs.append(snap.abort("aborted"))
+            douts.append(dlt.abort("aborted"))
+        step += 1
+        assert all(not d.prompt_token_ids and d.prompt is None for d in douts)  # deltas: no prompt
+        assert all(not c.token_ids and not c.text for d in douts for c in d.outputs)  # nor the lists so far
+        for out, d in zip(outs, douts, strict=True):
+            first = d.request_id not in started
+            started.add(d.request_id)
+            rebuilt = rebuilder.rebuild(delta(d, first))
+            rebuilt.metrics = out.metrics  # (two engines: their clocks differ)
+            assert rebuilt == out
+            compared += 1
+    assert compared > 15 and not dlt.has_unfinished() and len(rebuilder) == 0

@@ -118,6 +118,7 @@ def _core_main(config: EngineConfig, conn) -> None:
         except BaseException as e:
             out.send(("failed", f"{type(e).__name__}: {e}"))
             return
+        engine.delta_outputs = True  # `_Outbox` ships deltas: let the engine make them without copying its lists
         try:
             freeze_heap()
             out.send(("ready", engine.limits, engine.stats()))

@@ -20,6 +20,7 @@ from .block_manager import BlockManager
 from .config import EngineConfig
 from .launched_step import HostSamples, LaunchedStep, needs_host_tokens
 from .model_runner import Feed, ModelRunner, StepLogits, to_device
+from .output_deltas import choice_delta
 from .outputs import CompletionOutput, RequestOutput
 from .sampler import Sampler, SamplerOutput, SamplingTensors, make_generator, prompt_logprobs
 from .sampling_params import SamplingParams
@@ -151,6 +152,9 @@ class LLMEngine:
         self._counter = itertools.count()
         self._inflight: LaunchedStep | None = None  # the step whose samples are read back in the next step() call
         self.gpu_wait_s = 0.0  # time the host spent waiting for sampled tokens (~0: the host is the bottleneck)
+        # outputs as deltas (`output_deltas`): no prompt, only each choice's new text, ids and their log-probs (the
+        # engine process ships nothing else, so the per-step snapshots' O(length) copies would be wasted)
+        self.delta_outputs = False
 
     @classmethod
     def from_path(cls, path: str, **engine_options) -> LLMEngine:
@@ -450,17 +454,21 @@ class LLMEngine:
 
     def _output(self, req: _Request, changed: list[_Choice]) -> RequestOutput:
         outs = []
+        deltas = self.delta_outputs
         for c in sorted(req.choices, key=lambda c: c.out.index):
             o = c.out
-            # a finished choice hands over its lists; a running one copies (the engine keeps appending to its own)
-            tokens = o.token_ids if o.finished else list(o.token_ids)
-            logprobs = o.logprobs if o.finished or o.logprobs is None else list(o.logprobs)
-            outs.append(CompletionOutput(o.index, o.text, tokens, logprobs, o.finish_reason, o.stop_reason,
-                                         o.delta_text, o.delta_token_ids))
+            if deltas:  # what is new, without the lists so far (O(new) per step, not O(length))
+                outs.append(choice_delta(o))
+            else:  # a finished choice hands over its lists; a running one copies (the engine appends to its own)
+                tokens = o.token_ids if o.finished else list(o.token_ids)
+                logprobs = o.logprobs if o.finished or o.logprobs is None else list(o.logprobs)
+                outs.append(CompletionOutput(o.index, o.text, tokens, logprobs, o.finish_reason, o.stop_reason,
+                                             o.delta_text, o.delta_token_ids))
             o.delta_text, o.delta_token_ids = "", []
         seq0 = req.choices[0].seq
         return RequestOutput(
-            request_id=req.request_id, prompt=req.prompt, prompt_token_ids=req.prompt_ids, outputs=outs,
+            request_id=req.request_id, prompt=None if deltas else req.prompt,
+            prompt_token_ids=[] if deltas else req.prompt_ids, outputs=outs,
             finished=all(o.finished for o in outs) and len(outs) == req.params.n,
             prompt_logprobs=seq0.prompt_logprobs or None, num_cached_tokens=seq0.num_cached_prompt,
             metrics={"arrival": req.arrival, "first_token": req.first_token, "now": time.monotonic()},

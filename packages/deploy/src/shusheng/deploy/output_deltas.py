@@ -14,14 +14,21 @@ from dataclasses import dataclass, field
 from .outputs import CompletionOutput, RequestOutput
 
 
+def choice_delta(c: CompletionOutput) -> CompletionOutput:
+    """What of choice `c` is new since its previous output: the new text and ids, and the log-probs of those ids.
+    `c` is a snapshot, or the engine's own live output (`LLMEngine.delta_outputs`), read before it grows."""
+    end = len(c.token_ids)  # the new ids are the last of the snapshot (its logprobs list may run ahead of it)
+    new_logprobs = None if c.logprobs is None else c.logprobs[end - len(c.delta_token_ids) : end]
+    return CompletionOutput(c.index, "", [], new_logprobs, c.finish_reason, c.stop_reason, c.delta_text,
+                            c.delta_token_ids)
+
+
 def delta(out: RequestOutput, first: bool) -> RequestOutput:
-    """`out` without the prompt or what earlier outputs of the request carried; `first`: its first output."""
-    outs = []
-    for c in out.outputs:
-        end = len(c.token_ids)  # the delta's tokens are the last of the snapshot (a list may run ahead of it)
-        new_logprobs = None if c.logprobs is None else c.logprobs[end - len(c.delta_token_ids) : end]
-        outs.append(CompletionOutput(c.index, "", [], new_logprobs, c.finish_reason, c.stop_reason, c.delta_text,
-                                     c.delta_token_ids))
+    """`out` without the prompt or what earlier outputs of the request carried; `first`: its first output.
+
+    `out` is a snapshot, or already a delta (an engine with `delta_outputs` makes them without copying its lists;
+    a delta has no prompt ids), of which only the first keeps the prompt's log-probs."""
+    outs = [choice_delta(c) for c in out.outputs] if out.prompt_token_ids else out.outputs
     return RequestOutput(out.request_id, None, [], outs, out.finished, out.prompt_logprobs if first else None,
                          out.num_cached_tokens, out.metrics)
 
