@@ -144,3 +144,10 @@ def test_bad_targets_exit_2(tmp_path, capsys):
     assert main_from_args(parse(["http://127.0.0.1:9"]), stdin=io.StringIO("")) == 2
     err = capsys.readouterr().err
     assert err.startswith("shusheng-deploy: error: cannot reach") and err.count("\n") == 1
+
+
+def test_local_tp_degree_checked_before_any_process(tiny_ckpt, capsys):
+    """`--tp` goes to the local engine; one the checkpoint's 2 KV heads cannot be split by is refused (exit 2)."""
+    assert main_from_args(parse([str(tiny_ckpt), "--device", "cpu", "--tp", "3"]), stdin=io.StringIO("")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("shusheng-deploy: error: tensor parallel degree 3 must divide") and err.count("\n") == 1

@@ -229,6 +229,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     g.add_argument("--max-model-len", type=int, default=None)
+    g.add_argument("--tp", type=int, default=1, metavar="N", help="tensor-parallel degree (local GPUs)")
 
 
 def make_backend(args: argparse.Namespace) -> Backend:
@@ -243,7 +244,7 @@ def make_backend(args: argparse.Namespace) -> Backend:
     if not os.path.isdir(target):
         raise ValueError(f"{target!r} is neither an http(s) URL nor a checkpoint folder")
     options = {"device": getattr(args, "device", "auto"), "dtype": getattr(args, "dtype", "auto"),
-               "max_model_len": getattr(args, "max_model_len", None)}
+               "max_model_len": getattr(args, "max_model_len", None), "tensor_parallel_size": getattr(args, "tp", 1)}
     return EngineBackend(target, **options)
 
 

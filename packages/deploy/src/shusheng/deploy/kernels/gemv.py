@@ -16,7 +16,9 @@ Kernels:
 
 Which kernel and launch configuration serves a (rows, N, K, dtype) is decided once per process by timing every
 candidate, cuBLAS included, as a decode step runs them: inside a CUDA graph, cycling through copies of the weight
-that do not fit in L2 (`time_in_graph`). A shape first met during a CUDA-graph capture uses cuBLAS.
+that do not fit in L2 (`time_in_graph`). A shape first met during a CUDA-graph capture uses cuBLAS. The pick is
+by timing, so two processes may pick differently for a shape and their bf16 outputs differ in rounding (as with
+cuBLAS's own heuristics); within a process a shape always runs the same kernel, deterministically.
 """
 
 from __future__ import annotations
