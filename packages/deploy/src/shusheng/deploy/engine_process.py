@@ -216,7 +216,8 @@ class ProcessAsyncEngine(AsyncEngine):
             self._fail(RuntimeError(f"the engine process is gone: {e}"))
 
     async def run(self, fn, *args):
-        """Run the picklable `fn(engine, *args)` in the engine process and await its result."""
+        """Run the picklable `fn(engine, *args)` in the engine process and await its result. (That engine makes
+        its step outputs as deltas, `LLMEngine.delta_outputs`: stream requests through `generate`, not `fn`.)"""
         future: concurrent.futures.Future = concurrent.futures.Future()
         call_id = next(self._call_ids)
         self._calls[call_id] = future
