@@ -89,8 +89,9 @@ def measure_ceilings(device: torch.device | str = "cuda") -> dict:
 
 
 def roofline(cfg: ModelConfig, requests: list[tuple[list[int], int]], ceilings: dict, max_num_seqs: int,
-             dtype_bytes: int = 2) -> dict:
-    """Lower bounds on the time of the offline workload and of a batch-1 decode step on this card."""
+             dtype_bytes: int = 2, num_devices: int = 1) -> dict:
+    """Lower bounds on the time of the offline workload and of a batch-1 decode step on this card (on
+    `num_devices` such cards under tensor parallelism: their bandwidths and GEMM rates add up, communication free)."""
     L, D, V = cfg.num_layers, cfg.hidden_size, cfg.vocab_size
     H, KV, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     linear = cfg.num_params - V * D * (1 if cfg.tie_word_embeddings else 2) - D  # per-token matmul weights
@@ -98,7 +99,7 @@ def roofline(cfg: ModelConfig, requests: list[tuple[list[int], int]], ceilings: 
     weight_bytes = (linear + head) * dtype_bytes  # the embedding table is gathered, not streamed
     kv_per_token = 2 * L * KV * Dh * dtype_bytes
     attn_flops_per_pair = 4 * L * H * Dh  # QK^T and PV, per (query, key) pair
-    bw, gemm = ceilings["bandwidth"], ceilings["gemm_flops"]
+    bw, gemm = ceilings["bandwidth"] * num_devices, ceilings["gemm_flops"] * num_devices
 
     prefill_flops = 0.0
     for prompt, _ in requests:

@@ -135,12 +135,13 @@ def cmd_bench(a: argparse.Namespace) -> int:
           f"({result['requests']} requests, {result['output_tokens']} output tokens, {result['seconds']:.1f} s)")
     if engine.runner.device.type == "cuda":
         ceilings = measure_ceilings(engine.runner.device)
-        roof = roofline(engine.model_config, requests, ceilings, a.max_num_seqs)
+        roof = roofline(engine.model_config, requests, ceilings, a.max_num_seqs, num_devices=a.tp)
         result.update(ceilings=ceilings, roofline=roof)
         print(f"roofline: {roof['output_tokens_per_s_roofline']:.0f} output tokens/s (floor {roof['floor_s']:.2f} s: "
               f"prefill {roof['prefill_floor_s']:.2f} + decode {roof['decode_floor_s']:.2f}); engine reaches "
               f"{result['output_tokens_per_s'] / roof['output_tokens_per_s_roofline']:.0%}; measured copy "
-              f"{ceilings['bandwidth'] / 1e12:.2f} TB/s, bf16 GEMM {ceilings['gemm_flops'] / 1e12:.0f} TFLOP/s; "
+              f"{ceilings['bandwidth'] / 1e12:.2f} TB/s, bf16 GEMM {ceilings['gemm_flops'] / 1e12:.0f} TFLOP/s"
+              f"{f' per card, x{a.tp} cards' if a.tp > 1 else ''}; "
               f"batch-1 decode floor {roof['batch1_decode_floor_ms']:.2f} ms/token")
     if a.json:
         with open(a.json, "w") as f:
