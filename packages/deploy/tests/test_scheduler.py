@@ -103,3 +103,24 @@ def test_decode_only_flag_matches_its_definition(tiny_ckpt):
     eng.generate([a, b], [dataclasses.replace(params, max_tokens=30), SamplingParams(max_tokens=12, seed=1, n=2)])
     assert (False, [23, 1], [0, 0]) in seen  # the budget left one token for b's first chunk: not a decode
     assert eng.scheduler.num_preemptions > 0 and (True, [1, 1, 1]) in [x[:2] for x in seen]  # a, b's two choices
+
+
+def test_prompt_logprob_steps_are_flagged_so_they_skip_the_cuda_graph(tiny_ckpt):
+    """A CUDA graph returns only the sampled rows' logits: every step that computes prompt positions of a request
+    for prompt logprobs says so (`prompt_logits`), also when it is a decode-only step (a one-token last chunk)."""
+    eng = LLMEngine(EngineConfig(model=str(tiny_ckpt), device="cpu", max_num_batched_tokens=16))
+    schedule, seen = eng.scheduler.schedule, []
+
+    def recorded():
+        batch = schedule()
+        seen.append((batch.is_decode_only, batch.prompt_logits, list(batch.num_new_tokens)))
+        return batch
+
+    eng.scheduler.schedule = recorded
+    prompt = torch.randint(3, 300, (33,), generator=torch.Generator().manual_seed(1)).tolist()
+    out = eng.generate([prompt], SamplingParams(max_tokens=3, prompt_logprobs=0, temperature=0.0))[0]
+    assert len(out.prompt_logprobs) == 33
+    assert seen[:3] == [(False, True, [16]), (False, True, [16]), (True, True, [1])]  # the prompt's three chunks
+    assert all(not flagged for _, flagged, _ in seen[3:])  # its decodes
+    eng.generate([prompt], SamplingParams(max_tokens=2, temperature=0.0))
+    assert not any(flagged for _, flagged, _ in seen[5:])  # no prompt logprobs asked: never flagged

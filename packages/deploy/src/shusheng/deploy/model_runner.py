@@ -304,7 +304,7 @@ class ModelRunner:
             context_lens=vec[3].to(i32), cu_seqlens_q=torch.arange(B + 1, dtype=i32, device=dev), max_q_len=1,
             max_context_len=max_ctx, decode_only=True,
         )
-        # a sequence admitted with all but its last prompt token cached is a decode too
+        # a prompt's last token computed alone (a one-token last chunk) is a decode too
         prompt_rows = {seq.seq_id: (seq.num_computed, range(i, i + 1)) for i, seq in enumerate(batch.seqs)
                        if seq.num_computed < seq.num_prompt_tokens and seq.params.prompt_logprobs is not None}
         return ids, vec[1], torch.arange(B), list(batch.seqs), prompt_rows
@@ -321,7 +321,8 @@ class ModelRunner:
                 kc[dst].copy_(kc[src])
                 vc[dst].copy_(vc[src])
         decode_only = batch.is_decode_only
-        if decode_only and self.graphs and len(batch) <= max(self.graphs):
+        # a graph returns the sampled rows' logits only: a step with prompt log-probs to make runs eager
+        if decode_only and not batch.prompt_logits and self.graphs and len(batch) <= max(self.graphs):
             return self._run_decode_graph(batch, feed)
         dev = self.device
         prepare = self._decode_inputs if decode_only else self._inputs

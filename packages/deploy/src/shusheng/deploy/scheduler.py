@@ -24,6 +24,7 @@ class ScheduledBatch:
     block_copies: list[tuple[int, int]] = field(default_factory=list)  # copy-on-write (src, dst)
     preempted: list[Sequence] = field(default_factory=list)
     decode_only: bool | None = None  # `is_decode_only`, as the scheduler found it (None: not known)
+    prompt_logits: bool = False  # a sequence computes prompt positions whose log-probs were asked for
 
     @property
     def num_tokens(self) -> int:
@@ -81,6 +82,8 @@ class Scheduler:
                 seqs.append(seq)
                 counts.append(n)
                 decode_only = decode_only and left == 1 and computed > 0
+                if computed < seq.num_prompt_tokens and seq.params.prompt_logprobs is not None:
+                    batch.prompt_logits = True
                 budget -= n
                 i += 1
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs and not batch.preempted:
@@ -100,6 +103,8 @@ class Scheduler:
             seqs.append(seq)
             counts.append(n)
             decode_only = decode_only and n == 1 and start > 0 and seq.num_tokens - start == 1
+            if start < seq.num_prompt_tokens and seq.params.prompt_logprobs is not None:
+                batch.prompt_logits = True
             budget -= n
         batch.block_copies = self.bm.take_copies()
         batch.decode_only = decode_only
