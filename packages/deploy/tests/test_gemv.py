@@ -15,7 +15,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first `import triton`
 
 from shusheng.deploy.kernels._triton import HAS_TRITON  # noqa: E402
-from shusheng.deploy.kernels.gemv import MAX_ROWS, candidates, gemv, linear, linear_ref  # noqa: E402
+from shusheng.deploy.kernels.gemv import MAX_ROWS, candidates, gemv, linear  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not importable: the kernel cannot run")
@@ -60,59 +60,6 @@ def test_every_candidate_configuration_is_correct(M):
     for cfg in candidates(M):
         for _ in range(2):
             assert rel_err(gemv(x, w, b, config=cfg), ref) < TOL[torch.float16], cfg
-
-
-def fused_operands(M, N, K, dtype, fusion, seed=0):
-    """x, w, b and the fusion keywords of one case: "norm" (x far from unit scale, so the 1/rms factor matters),
-    "swiglu" (x = [gate | up]) and/or "residual", "+" separated; "bias" adds a bias."""
-    g = torch.Generator(device=DEVICE).manual_seed(seed)
-    x, w, b = operands(M, N, K, dtype, "bias" in fusion, seed)
-    fused = {}
-    if "norm" in fusion:
-        x = (x * 30).to(dtype)
-        fused["norm"] = ((1 + 0.5 * torch.randn(K, generator=g, device=DEVICE)).to(dtype), 1e-5)
-    if "swiglu" in fusion:
-        x = torch.randn(M, 2 * K, generator=g, device=DEVICE).to(dtype)
-    if "residual" in fusion:
-        fused["residual"] = torch.randn(M, N, generator=g, device=DEVICE).to(dtype)
-    return x, w, b, fused | {"swiglu": "swiglu" in fusion}
-
-
-def fused_reference(x, w, b, fused):
-    """`linear_ref` in float64."""
-    d = {k: (v.double() if isinstance(v, torch.Tensor) else v) for k, v in fused.items()}
-    if fused.get("norm") is not None:
-        d["norm"] = (fused["norm"][0].double(), fused["norm"][1])
-    return linear_ref(x.double(), w.double(), None if b is None else b.double(), **d)
-
-
-@needs_triton
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("M,N,K", [(1, 37, 300), (5, 50, 129), (16, 33, 640)])
-@pytest.mark.parametrize("fusion", ["norm", "norm+bias", "swiglu", "residual", "swiglu+residual", "norm+residual"])
-def test_fused_gemv_equals_the_separate_ops(M, N, K, dtype, fusion):
-    """RMSNorm before, SwiGLU before and the residual add after the GEMM, in one kernel, with and without split-K
-    (the sums of squares of a split row are summed by the last program)."""
-    x, w, b, fused = fused_operands(M, N, K, dtype, fusion)
-    ref = fused_reference(x, w, b, fused)
-    split = next(c for c in candidates(M) if c[5] > 1)
-    for cfg in (candidates(M)[0], split):
-        for _ in range(2):  # split-K re-arms its counters
-            out = gemv(x, w, b, config=cfg, **fused)
-            assert out.shape == (M, N) and out.dtype == dtype
-            assert rel_err(out, ref) < TOL[dtype], (cfg, rel_err(out, ref))
-
-
-def test_linear_ref_is_the_models_rounding():
-    """The unfused path (CPU, and above 16 rows) computes the decoder's own ops in their order and dtype."""
-    from shusheng.deploy.kernels import rms_norm_ref, silu_mul_ref
-
-    x, w, b, fused = fused_operands(3, 24, 40, torch.float16 if DEVICE == "cuda" else torch.float32,
-                                    "norm+residual+bias", seed=3)
-    expect = fused["residual"] + F.linear(rms_norm_ref(x, *fused["norm"]), w, b)
-    assert torch.equal(linear_ref(x, w, b, **fused), expect)
-    gu = torch.randn(3, 80, dtype=w.dtype, device=w.device)
-    assert torch.equal(linear_ref(gu, w, swiglu=True), F.linear(silu_mul_ref(gu), w))
 
 
 @needs_triton
@@ -163,18 +110,6 @@ def test_gpu_linear_tunes_once_and_stays_right():
     picked = [cfg for key, cfg in _picked.items() if key[2:4] == (2048, 1024)]
     assert len(picked) == 1 and picked[0] in [CUBLAS, *candidates(1)]
     assert torch.equal(linear(x, w, b), out)  # the same configuration again, deterministic
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("fusion", ["norm", "swiglu+residual"])
-def test_gpu_fused_bf16(fusion):
-    """Compiled, in bf16: the fused kernels at a serving shape, every candidate, and the tuned pick."""
-    M, N, K = 2, 2048, 2048
-    x, w, b, fused = fused_operands(M, N, K, torch.bfloat16, fusion, seed=6)
-    ref = fused_reference(x, w, b, fused)
-    for cfg in candidates(M):
-        assert rel_err(gemv(x, w, b, config=cfg, **fused), ref) < TOL[torch.bfloat16], cfg
-    assert rel_err(linear(x, w, b, **fused), ref) < TOL[torch.bfloat16]
 
 
 @pytest.mark.gpu

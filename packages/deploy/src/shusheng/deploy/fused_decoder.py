@@ -2,15 +2,11 @@
 
 `shusheng.model.Transformer` is written for reading and training: each RMSNorm, rotary embedding, residual add and
 SwiGLU is a handful of small PyTorch ops. In a decode step those dozens of tiny kernels per layer cost as much as the
-weight-streaming GEMMs. `FusedDecoder` is a module swap over the same parameters, with two paths:
-- Steps of more than `FUSED_ROWS` tokens (prefill, big decode batches), per layer: one fused residual-add + RMSNorm,
-  one kernel that splits the grouped `wqkv` output, applies rotary to q and k and (with the paged cache) stores k
-  and v into it, one GEMM for w1 and w3 together (their weights concatenated once, the originals released)
-  followed by one silu-multiply kernel.
-- Steps of a few tokens (`FusedLayer.decode`): the linear layers are weight streams (`ops.linear`, the skinny-GEMM
-  kernels) that also do the ops around them: the RMSNorm inside the qkv and w1|w3 GEMMs, SwiGLU inside w2, and the
-  residual adds inside wo and w2. Seven kernels a layer instead of ten; where cuBLAS is faster for a shape, the
-  same ops run as separate kernels around it.
+weight-streaming GEMMs. `FusedDecoder` is a module swap over the same parameters: per layer one fused
+residual-add + RMSNorm, one kernel that splits the grouped `wqkv` output, applies rotary to q and k and (with the
+paged cache) stores k and v into it, one GEMM for w1 and w3 together (their weights concatenated once, the originals
+released) followed by one silu-multiply kernel, and the linear layers through `ops.linear` (a skinny-GEMM kernel
+for decode steps of a few rows).
 With `TorchOps` it runs the kernels' PyTorch references (CPU), computing exactly what the model computes.
 
 Under tensor parallelism (`tp_group`, weights cut by `shusheng.model.parallel.shard_tp_local`) each rank holds whole
@@ -31,7 +27,6 @@ from shusheng.model.attention import AttentionBackend
 
 # torch >= 2.13 renamed all_gather_into_tensor (the old name warns)
 _all_gather_into_tensor = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
-FUSED_ROWS = 16  # steps of up to this many tokens run `FusedLayer.decode` (the skinny GEMMs' fusions)
 
 
 class FusedLayer(nn.Module):
@@ -51,10 +46,12 @@ class FusedLayer(nn.Module):
         # the block now shares its norms and projections with this layer; drop its separate w1/w3 copies
         del ffn.w1, ffn.w3
 
-    def _attend(self, qkv: Tensor, positions: Tensor, inv_freq: Tensor, attention: AttentionBackend, ops) -> Tensor:
-        """The grouped qkv projection -> rotary, K/V into the cache, attention -> (N, H * D)."""
-        N = qkv.shape[0]
+    def forward(self, normed: Tensor, residual: Tensor, positions: Tensor, inv_freq: Tensor,
+                attention: AttentionBackend, next_norm: nn.Module, ops) -> tuple[Tensor, Tensor]:
+        """normed = this layer's attention_norm(residual) -> (next_norm(new residual), new residual)."""
+        N = normed.shape[0]
         D, g = self.head_dim, self.group
+        qkv = ops.linear(normed, self.wqkv.weight, self.wqkv.bias)  # (N, KV * (g + 2) * D)
         kv_heads = qkv.shape[-1] // ((g + 2) * D)  # local under tensor parallelism
         if hasattr(attention, "cache_for"):  # the paged cache: the rotary kernel also stores the new K/V into it
             q, _, _ = ops.qkv_rotary(qkv, positions, inv_freq, kv_heads, g, D, cache=attention.cache_for(self.layer))
@@ -62,13 +59,7 @@ class FusedLayer(nn.Module):
         else:
             q, k, v = ops.qkv_rotary(qkv, positions, inv_freq, kv_heads, g, D)  # (N, H, D), (N, KV, D), (N, KV, D)
             a = attention(q[None], k[None], v[None], self.layer)[0]
-        return a.reshape(N, -1)
-
-    def forward(self, normed: Tensor, residual: Tensor, positions: Tensor, inv_freq: Tensor,
-                attention: AttentionBackend, next_norm: nn.Module, ops) -> tuple[Tensor, Tensor]:
-        """normed = this layer's attention_norm(residual) -> (next_norm(new residual), new residual)."""
-        qkv = ops.linear(normed, self.wqkv.weight, self.wqkv.bias)  # (N, KV * (g + 2) * D)
-        a = ops.linear(self._attend(qkv, positions, inv_freq, attention, ops), self.wo.weight, self.wo.bias)
+        a = ops.linear(a.reshape(N, -1), self.wo.weight, self.wo.bias)
         if self.tp_group is not None:
             dist.all_reduce(a, group=self.tp_group)
         normed, residual = ops.fused_add_rms_norm(a, residual, self.ffn_norm.weight, self.ffn_norm.eps)
@@ -76,25 +67,6 @@ class FusedLayer(nn.Module):
         if self.tp_group is not None:
             dist.all_reduce(f, group=self.tp_group)
         return ops.fused_add_rms_norm(f, residual, next_norm.weight, next_norm.eps)
-
-    def decode(self, residual: Tensor, positions: Tensor, inv_freq: Tensor, attention: AttentionBackend,
-               ops) -> Tensor:
-        """A few rows (decode): residual -> new residual, with each norm run inside the linear layer after it, SwiGLU
-        inside w2 and (on one device) each residual add inside wo and w2: seven kernels a layer, not ten."""
-        an, fn = self.attention_norm, self.ffn_norm
-        qkv = ops.linear(residual, self.wqkv.weight, self.wqkv.bias, norm=(an.weight, an.eps))
-        a = self._attend(qkv, positions, inv_freq, attention, ops)
-        residual = self._add(ops, a, self.wo, residual, swiglu=False)
-        gate_up = ops.linear(residual, self.w13.weight, norm=(fn.weight, fn.eps))
-        return self._add(ops, gate_up, self.w2, residual, swiglu=True)
-
-    def _add(self, ops, x: Tensor, proj: nn.Linear, residual: Tensor, swiglu: bool) -> Tensor:
-        """residual + proj(x): fused into the GEMM, or under tensor parallelism after the all-reduce."""
-        if self.tp_group is None:
-            return ops.linear(x, proj.weight, proj.bias, swiglu=swiglu, residual=residual)
-        y = ops.linear(x, proj.weight, proj.bias, swiglu=swiglu)
-        dist.all_reduce(y, group=self.tp_group)
-        return y.add_(residual)
 
 
 class FusedDecoder(nn.Module):
@@ -121,10 +93,6 @@ class FusedDecoder(nn.Module):
         m, ops = self.model, self.ops
         inv_freq = m.rotary.inv_freq(positions) if self.dynamic_rope else self._inv_freq
         residual = m.tok_embeddings(input_ids)
-        if input_ids.shape[0] <= FUSED_ROWS:
-            for layer in self.layers:
-                residual = layer.decode(residual, positions, inv_freq, attention, ops)
-            return ops.rms_norm(residual, m.norm.weight, m.norm.eps)
         first = self.layers[0].attention_norm if len(self.layers) else m.norm
         normed = ops.rms_norm(residual, first.weight, first.eps)
         for i, layer in enumerate(self.layers):

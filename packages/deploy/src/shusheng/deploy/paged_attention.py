@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from shusheng.model.attention import AttentionBackend
@@ -30,7 +31,7 @@ class TorchOps:
     fused_add_rms_norm = staticmethod(kernels.fused_add_rms_norm_ref)
     qkv_rotary = staticmethod(kernels.qkv_rotary_ref)
     silu_mul = staticmethod(kernels.silu_mul_ref)
-    linear = staticmethod(kernels.linear_ref)  # F.linear, with the decode path's fusions as separate ops
+    linear = staticmethod(F.linear)
 
 
 class TritonOps:

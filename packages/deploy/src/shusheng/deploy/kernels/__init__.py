@@ -6,8 +6,7 @@
 - `rms_norm`, `fused_add_rms_norm`: RMSNorm, and residual add + RMSNorm in one pass.
 - `qkv_rotary`: split the grouped `wqkv` output into q, k, v and apply rotary to q and k in one launch.
 - `silu_mul`: SwiGLU's `silu(gate) * up` over the fused w1|w3 output.
-- `linear` / `gemv`: the decode step's linear layers for 1..16 rows (a weight stream), cuBLAS above; with the
-  RMSNorm before, the SwiGLU before and the residual add after fused in (`linear_ref`: the same as separate ops).
+- `linear` / `gemv`: the decode step's linear layers for 1..16 rows (a weight stream), cuBLAS above.
 
 Every module imports without triton (CPU-only torch); the `*_ref` functions then still work.
 """
@@ -20,7 +19,7 @@ from shusheng.deploy.kernels.decode_attention import (
 )
 from shusheng.deploy.kernels.extend_attention import paged_extend_attention, paged_extend_attention_ref
 from shusheng.deploy.kernels.fused_norm import fused_add_rms_norm, fused_add_rms_norm_ref, rms_norm, rms_norm_ref
-from shusheng.deploy.kernels.gemv import gemv, linear, linear_ref
+from shusheng.deploy.kernels.gemv import gemv, linear
 from shusheng.deploy.kernels.rotary import qkv_rotary, qkv_rotary_ref
 from shusheng.deploy.kernels.store_kv import store_kv, store_kv_ref
 from shusheng.deploy.kernels.swiglu import silu_mul, silu_mul_ref
@@ -32,7 +31,6 @@ __all__ = [
     "fused_add_rms_norm_ref",
     "gemv",
     "linear",
-    "linear_ref",
     "paged_decode_attention",
     "paged_decode_attention_ref",
     "paged_extend_attention",

@@ -27,100 +27,59 @@ import torch
 import torch.nn.functional as F
 
 from shusheng.deploy.kernels._triton import HAS_TRITON, require_triton, tl, triton
-from shusheng.deploy.kernels.fused_norm import rms_norm, rms_norm_ref
-from shusheng.deploy.kernels.swiglu import silu_mul, silu_mul_ref
 
 MAX_ROWS = 16  # x with more rows goes to cuBLAS (F.linear)
 
 
 @triton.jit
-def _prologue(x, x_ptrs, g_ptr, rk, k0, mask, K, ss, NORM: tl.constexpr, SWIGLU: tl.constexpr):
-    """The x tile as the linear layer sees it. SWIGLU: x holds the gate columns, the up columns are K further on;
-    the tile becomes silu(gate) * up, rounded to the activation dtype as `silu_mul` does. NORM: accumulates the
-    rows' sums of squares into `ss` and scales the tile by the norm's weight (the 1/rms factor is applied to the
-    output instead, in `_finish`: then no second pass over x is needed)."""
-    if SWIGLU:
-        up = tl.load(x_ptrs + K + k0, mask=mask, other=0.0).to(tl.float32)
-        g = x.to(tl.float32)
-        act = (g / (1.0 + tl.exp(-g))).to(x.dtype).to(tl.float32)
-        x = (act * up).to(x.dtype)
-    if NORM:
-        xf = x.to(tl.float32)
-        ss += tl.sum(xf * xf, axis=1)
-        gamma = tl.load(g_ptr + k0 + rk, mask=(k0 + rk) < K, other=0.0).to(tl.float32)
-        x = (xf * gamma[None, :]).to(x.dtype)
-    return x, ss
-
-
-@triton.jit
-def _finish(acc, ss, y_ptr, b_ptr, r_ptr, ws_ptr, cnt_ptr, rm, rn, m_mask, n_mask, stride_ym, stride_rm, N, K,
-            eps, M_PAD: tl.constexpr, HAS_BIAS: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-            SPLIT: tl.constexpr):
-    """Store the [M_PAD, BLOCK_N] fp32 tile `acc` to y: times the rows' 1/rms (NORM; `ss` holds the sums of
-    squares), plus bias, rounded, plus the residual and rounded again (as `residual + linear(x)`). With split-K,
-    the last of the SPLIT programs of a column block sums the partials (and sums of squares) the others left in
-    the workspace, and re-arms the block's counter."""
+def _finish(acc, y_ptr, b_ptr, ws_ptr, cnt_ptr, rm, rn, m_mask, n_mask, stride_ym, N, M_PAD: tl.constexpr,
+            HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr):
+    """Store the [M_PAD, BLOCK_N] fp32 tile `acc` (+ bias) to y; with split-K, the last of the SPLIT programs of a
+    column block sums the partials the others left in the workspace (and re-arms the block's counter)."""
     mask = m_mask[:, None] & n_mask[None, :]
-    last = True
     if SPLIT > 1:
-        pid_n, pid_k = tl.program_id(0), tl.program_id(1)
+        pid_k = tl.program_id(1)
         ws = ws_ptr + rm[:, None] * N + rn[None, :]
         tl.store(ws + pid_k * M_PAD * N, acc, mask=mask)
-        ws_ss = ws_ptr + SPLIT * M_PAD * N + pid_n * SPLIT * M_PAD + rm  # this column block's own copy
-        if NORM:
-            tl.store(ws_ss + pid_k * M_PAD, ss)
-        done = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel")  # releases the stores above
-        last = done == SPLIT - 1
-        if last:
+        done = tl.atomic_add(cnt_ptr + tl.program_id(0), 1, sem="acq_rel")  # releases the store above
+        if done == SPLIT - 1:
             acc = tl.zeros_like(acc)
-            ss = tl.zeros_like(ss)
             for k in range(SPLIT):
                 acc += tl.load(ws + k * M_PAD * N, mask=mask, other=0.0, cache_modifier=".cg")
-                if NORM:
-                    ss += tl.load(ws_ss + k * M_PAD, cache_modifier=".cg")
-            tl.atomic_xchg(cnt_ptr + pid_n, 0)
-    if last:
-        if NORM:
-            acc = acc * tl.rsqrt(ss / K + eps)[:, None]
+            if HAS_BIAS:
+                acc += tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+            tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
+            tl.atomic_xchg(cnt_ptr + tl.program_id(0), 0)
+    else:
         if HAS_BIAS:
             acc += tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-        out = acc.to(y_ptr.dtype.element_ty)
-        if HAS_RESIDUAL:
-            r = tl.load(r_ptr + rm[:, None] * stride_rm + rn[None, :], mask=mask, other=0.0)
-            out = (out.to(tl.float32) + r.to(tl.float32)).to(y_ptr.dtype.element_ty)
-        tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], out, mask=mask)
+        tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _gemv_rows_kernel(x_ptr, w_ptr, b_ptr, g_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, K_CHUNK, stride_wn, eps,
-                      HAS_BIAS: tl.constexpr, NORM: tl.constexpr, SWIGLU: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr):
-    rm = tl.arange(0, 1)
+def _gemv_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, K_CHUNK, stride_wn,
+                      HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr):
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     n_mask = rn < N
     k_lo = tl.program_id(1) * K_CHUNK
     k_hi = tl.minimum(k_lo + K_CHUNK, K)
-    x_ptrs = x_ptr + rm[:, None] * 0 + rk[None, :]
     w_ptrs = w_ptr + rn[:, None].to(tl.int64) * stride_wn + rk[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
-    ss = tl.zeros((1,), tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         k_mask = rk + k0 < k_hi
-        x = tl.load(x_ptrs + k0, mask=k_mask[None, :], other=0.0)
-        x, ss = _prologue(x, x_ptrs, g_ptr, rk, k0, k_mask[None, :], K, ss, NORM, SWIGLU)
+        x = tl.load(x_ptr + k0 + rk, mask=k_mask, other=0.0).to(tl.float32)
         w = tl.load(w_ptrs + k0, mask=n_mask[:, None] & k_mask[None, :], other=0.0).to(tl.float32)
-        acc += w * x.to(tl.float32)
+        acc += w * x[None, :]
     y = tl.sum(acc, axis=1)[None, :]
-    _finish(y, ss, y_ptr, b_ptr, r_ptr, ws_ptr, cnt_ptr, rm, rn, rm < 1, n_mask, 0, 0, N, K, eps, 1, HAS_BIAS, NORM,
-            HAS_RESIDUAL, SPLIT)
+    rm = tl.arange(0, 1)
+    _finish(y, y_ptr, b_ptr, ws_ptr, cnt_ptr, rm, rn, rm < 1, n_mask, 0, N, 1, HAS_BIAS, SPLIT)
 
 
-@triton.jit(do_not_specialize=["M"])  # 1..16 rows: one binary for all
-def _gemv_dot_kernel(x_ptr, w_ptr, b_ptr, g_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, K_CHUNK, stride_xm,
-                     stride_wn, stride_ym, stride_rm, eps, HAS_BIAS: tl.constexpr, NORM: tl.constexpr,
-                     SWIGLU: tl.constexpr, HAS_RESIDUAL: tl.constexpr, PRECISION: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr):
+@triton.jit
+def _gemv_dot_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, K_CHUNK, stride_xm, stride_wn, stride_ym,
+                     HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, SPLIT: tl.constexpr):
     rm = tl.arange(0, BLOCK_M)
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
@@ -130,16 +89,12 @@ def _gemv_dot_kernel(x_ptr, w_ptr, b_ptr, g_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr, 
     x_ptrs = x_ptr + rm[:, None] * stride_xm + rk[None, :]
     w_ptrs = w_ptr + rn[:, None].to(tl.int64) * stride_wn + rk[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    ss = tl.zeros((BLOCK_M,), tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         k_mask = rk + k0 < k_hi
-        x_mask = m_mask[:, None] & k_mask[None, :]
-        x = tl.load(x_ptrs + k0, mask=x_mask, other=0.0)
-        x, ss = _prologue(x, x_ptrs, g_ptr, rk, k0, x_mask, K, ss, NORM, SWIGLU)
+        x = tl.load(x_ptrs + k0, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
         w = tl.load(w_ptrs + k0, mask=n_mask[:, None] & k_mask[None, :], other=0.0)
         acc += tl.dot(x, tl.trans(w), input_precision=PRECISION)
-    _finish(acc, ss, y_ptr, b_ptr, r_ptr, ws_ptr, cnt_ptr, rm, rn, m_mask, n_mask, stride_ym, stride_rm, N, K, eps,
-            BLOCK_M, HAS_BIAS, NORM, HAS_RESIDUAL, SPLIT)
+    _finish(acc, y_ptr, b_ptr, ws_ptr, cnt_ptr, rm, rn, m_mask, n_mask, stride_ym, N, BLOCK_M, HAS_BIAS, SPLIT)
 
 
 # (variant, BLOCK_N, BLOCK_K, num_warps, num_stages, SPLIT) candidates; "cublas" is F.linear itself
@@ -161,56 +116,35 @@ def candidates(M: int) -> list[tuple]:
 
 
 def _workspace(device, M_pad: int, N: int, split: int, blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split-K partials, each column block's partial sums of squares, and per-column-block arrival counters (zero;
-    each kernel leaves them zero). Kept per device and size: CUDA graphs capture their addresses, and kernels on
-    one stream never overlap."""
+    """Split-K partials and per-column-block arrival counters (zero; each kernel leaves them zero). Kept per
+    device and size: CUDA graphs capture their addresses, and kernels on one stream never overlap."""
     key = (device, split * M_pad * N, blocks)
     if key not in _workspaces:
-        _workspaces[key] = (torch.empty(split * M_pad * (N + blocks), dtype=torch.float32, device=device),
+        _workspaces[key] = (torch.empty(split * M_pad * N, dtype=torch.float32, device=device),
                             torch.zeros(blocks, dtype=torch.int32, device=device))
     return _workspaces[key]
 
 
-def linear_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-               norm: tuple[torch.Tensor, float] | None = None, swiglu: bool = False,
-               residual: torch.Tensor | None = None, rms_norm=rms_norm_ref, silu_mul=silu_mul_ref) -> torch.Tensor:
-    """What `gemv`'s fusions compute, as separate ops with the model's rounding points:
-    residual + linear(rms_norm(silu_mul(x)), weight, bias), each step optional. `rms_norm` / `silu_mul` default to
-    the PyTorch references; the GPU fallback passes the Triton kernels."""
-    if swiglu:
-        x = silu_mul(x)
-    if norm is not None:
-        x = rms_norm(x, norm[0], norm[1])
-    y = F.linear(x, weight, bias)
-    return y if residual is None else y.add_(residual)
-
-
-def _launch(cfg, x, w, b, y, norm=None, swiglu=False, residual=None):
+def _launch(cfg, x, w, b, y):
     variant, block_n, block_k, warps, stages, split = cfg
-    if variant == "cublas":  # the fused steps as their own kernels around cuBLAS
-        x = silu_mul(x) if swiglu else x
-        x = rms_norm(x, norm[0], norm[1]) if norm is not None else x
-        torch.addmm(b, x, w.t(), out=y) if b is not None else torch.mm(x, w.t(), out=y)
-        return y if residual is None else y.add_(residual)
-    M = x.shape[0]
-    N, K = w.shape
+    if variant == "cublas":
+        return torch.addmm(b, x, w.t(), out=y) if b is not None else torch.mm(x, w.t(), out=y)
+    M, K = x.shape
+    N = w.shape[0]
     k_chunk = triton.cdiv(triton.cdiv(K, split), block_k) * block_k
     split = triton.cdiv(K, k_chunk)
     grid = (triton.cdiv(N, block_n), split)
     m_pad = 1 if variant == "rows" else 16
     ws, cnt = _workspace(x.device, m_pad, N, split, grid[0]) if split > 1 else (y, y)
-    bias = b if b is not None else w  # never read without HAS_BIAS; likewise gamma and r below
-    gamma, eps = norm if norm is not None else (w, 0.0)
-    r = residual if residual is not None else y
-    flags = dict(HAS_BIAS=b is not None, NORM=norm is not None, SWIGLU=swiglu, HAS_RESIDUAL=residual is not None)
+    bias = b if b is not None else w  # never read without HAS_BIAS
     if variant == "rows":
-        _gemv_rows_kernel[grid](x, w, bias, gamma, r, y, ws, cnt, N, K, k_chunk, w.stride(0), eps, **flags,
+        _gemv_rows_kernel[grid](x, w, bias, y, ws, cnt, N, K, k_chunk, w.stride(0), HAS_BIAS=b is not None,
                                 BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split, num_warps=warps, num_stages=stages)
     else:
         precision = "ieee" if x.dtype == torch.float32 else "tf32"  # tf32 only matters for fp32 inputs
-        _gemv_dot_kernel[grid](x, w, bias, gamma, r, y, ws, cnt, M, N, K, k_chunk, x.stride(0), w.stride(0),
-                               y.stride(0), r.stride(0), eps, **flags, PRECISION=precision, BLOCK_M=16,
-                               BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split, num_warps=warps, num_stages=stages)
+        _gemv_dot_kernel[grid](x, w, bias, y, ws, cnt, M, N, K, k_chunk, x.stride(0), w.stride(0), y.stride(0),
+                               HAS_BIAS=b is not None, PRECISION=precision, BLOCK_M=16, BLOCK_N=block_n,
+                               BLOCK_K=block_k, SPLIT=split, num_warps=warps, num_stages=stages)
     return y
 
 
@@ -243,10 +177,9 @@ def rotation(w: torch.Tensor, min_bytes: int = 256 << 20, max_copies: int = 32) 
     return [w] + [w.clone() for _ in range(n - 1)]
 
 
-def _config(x, w, b, y, fused: dict):
+def _config(x, w, b, y):
     M = x.shape[0]
-    key = (M == 1, M <= 4, w.shape[0], w.shape[1], w.dtype, b is not None, w.device, fused["norm"] is not None,
-           fused["swiglu"], fused["residual"] is not None)
+    key = (M == 1, M <= 4, w.shape[0], w.shape[1], w.dtype, b is not None, w.device)
     cfg = _picked.get(key)
     if cfg is not None:
         return cfg
@@ -254,68 +187,44 @@ def _config(x, w, b, y, fused: dict):
         return candidates(M)[0]
     if torch.cuda.is_current_stream_capturing():
         return CUBLAS  # nothing timed for this shape: cuBLAS, never wrong and never far off
-    times = tune(x, w, b, y, **fused)
+    times = tune(x, w, b, y)
     _picked[key] = cfg = min(times, key=times.get)
     return cfg
 
 
-def tune(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, y: torch.Tensor, **fused) -> dict[tuple, float]:
-    """Seconds per call of every candidate configuration for these operands and fusions (`time_in_graph`); the
-    CUBLAS entry times cuBLAS with the fused steps as their own kernels before and after it."""
+def tune(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, y: torch.Tensor) -> dict[tuple, float]:
+    """Seconds per call of cuBLAS and of every candidate configuration for these operands (`time_in_graph`)."""
     weights = rotation(w)
-    return {cfg: time_in_graph(lambda wt, cfg=cfg: _launch(cfg, x, wt, b, y, **fused), weights)
+    return {cfg: time_in_graph(lambda wt, cfg=cfg: _launch(cfg, x, wt, b, y), weights)
             for cfg in [CUBLAS, *candidates(x.shape[0])]}
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-         config: tuple[int, int, int, int] | None = None, *, norm: tuple[torch.Tensor, float] | None = None,
-         swiglu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ weight.T (+ bias) for x with 1..16 rows (Triton kernel), optionally with the ops around a decoder's
-    linear layers fused in: the result is `linear_ref(x, weight, bias, norm=, swiglu=, residual=)`.
+         config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """x @ weight.T (+ bias) for x with 1..16 rows (Triton kernel).
 
     Args:
-        x: [M, K], 1 <= M <= 16, fp32/fp16/bf16, last dim contiguous ([M, 2K] = [gate | up] with swiglu).
+        x: [M, K], 1 <= M <= 16, fp32/fp16/bf16, last dim contiguous.
         weight: [N, K] contiguous, x's dtype. bias: [N] or None.
         config: a `_CANDIDATES` entry (or CUBLAS) to force (tests, benchmarks); otherwise the fastest of them for
-            this shape and these fusions, timed in a CUDA graph on first use.
-        norm: (gamma [K], eps): x is first RMS-normalized (the 1/rms factor is applied to the output rows, so the
-            rounding differs from `rms_norm` at the dtype's last bit).
-        swiglu: x is a fused [gate | up] projection; the layer's input is silu(gate) * up.
-        residual: [M, N] in x's dtype, added to the output (a decoder's residual stream).
+            this shape, timed in a CUDA graph on first use.
 
     Returns:
-        y [M, N] in x's dtype (a new tensor).
+        y [M, N] in x's dtype.
     """
     require_triton("gemv")
-    M = x.shape[0]
-    N, K = weight.shape
+    M, K = x.shape
     assert 1 <= M <= MAX_ROWS, f"gemv takes 1..{MAX_ROWS} rows, got {M}"
-    assert weight.dim() == 2 and weight.is_contiguous(), "weight must be contiguous [N, K]"
-    assert x.dim() == 2 and x.shape[1] == (2 * K if swiglu else K), \
-        f"x {tuple(x.shape)} must be [M, {'2K' if swiglu else 'K'}] for a weight {tuple(weight.shape)}"
-    assert x.stride(1) == 1 and x.dtype == weight.dtype, "x must be in the weight's dtype, its last dim contiguous"
-    if norm is not None:
-        assert norm[0].shape == (K,) and norm[0].is_contiguous() and norm[0].dtype == x.dtype, \
-            f"the norm's weight must be a contiguous [{K}] in x's dtype"
-    if residual is not None:
-        assert residual.shape == (M, N) and residual.stride(1) == 1 and residual.dtype == x.dtype, \
-            f"residual {tuple(residual.shape)} must be [{M}, {N}] in x's dtype, its last dim contiguous"
-    y = x.new_empty(M, N)
-    fused = dict(norm=norm, swiglu=swiglu, residual=residual)
-    return _launch(config or _config(x, weight, bias, y, fused), x, weight, bias, y, **fused)
+    assert weight.dim() == 2 and weight.shape[1] == K and weight.is_contiguous(), "weight must be contiguous [N, K]"
+    assert x.stride(1) == 1 and x.dtype == weight.dtype, "x must be [M, K] in the weight's dtype, K contiguous"
+    y = x.new_empty(M, weight.shape[0])
+    return _launch(config or _config(x, weight, bias, y), x, weight, bias, y)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-           norm: tuple[torch.Tensor, float] | None = None, swiglu: bool = False,
-           residual: torch.Tensor | None = None) -> torch.Tensor:
-    """`linear_ref(x, weight, bias, norm=, swiglu=, residual=)` for the engine: the skinny-GEMM kernel with the
-    fusions for 1..16 rows of 2-D fp16/bf16 input on a GPU; otherwise cuBLAS with the Triton norm / SwiGLU kernels
-    on a GPU and the PyTorch references elsewhere (fp32 stays on cuBLAS, whose fp32 GEMMs the tests compare
-    exactly with the reference)."""
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear` for the engine: the skinny-GEMM kernel for 1..16 rows of 2-D fp16/bf16 input on a GPU, cuBLAS
+    otherwise (fp32 stays on cuBLAS, whose fp32 GEMMs the tests compare exactly with the reference)."""
     if HAS_TRITON and x.is_cuda and x.dim() == 2 and 1 <= x.shape[0] <= MAX_ROWS and x.stride(1) == 1 \
             and weight.is_contiguous() and x.dtype == weight.dtype and x.dtype in (torch.float16, torch.bfloat16):
-        return gemv(x, weight, bias, norm=norm, swiglu=swiglu, residual=residual)
-    if HAS_TRITON and x.is_cuda:
-        return linear_ref(x, weight, bias, norm=norm, swiglu=swiglu, residual=residual, rms_norm=rms_norm,
-                          silu_mul=silu_mul)
-    return linear_ref(x, weight, bias, norm=norm, swiglu=swiglu, residual=residual)
+        return gemv(x, weight, bias)
+    return F.linear(x, weight, bias)
