@@ -11,7 +11,7 @@ except ImportError:
     from types import SimpleNamespace
 
     HAS_TRITON = False
-    triton = SimpleNamespace(jit=lambda fn: fn)
+    triton = SimpleNamespace(jit=lambda fn=None, **_: fn if fn is not None else (lambda f: f))
     tl = SimpleNamespace(constexpr=None)
 
 

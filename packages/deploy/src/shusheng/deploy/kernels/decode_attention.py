@@ -4,17 +4,17 @@ Layout: q [B, H, D]; k_cache, v_cache [num_blocks, block_size, KV, D] contiguous
 [B, max_blocks_per_seq] maps a sequence's logical block i to a physical block; context_lens int32 [B] is the number
 of cached tokens each query attends to (its own K/V already stored), so decode is causal by construction.
 
-Stage 1, `_decode_split_kernel`, grid (B, KV, num_splits): program (b, kv, s) takes the G = H / KV query heads that
-share KV head kv as the M rows of `tl.dot` (padded to BLOCK_H >= 16, masked), so each K/V tile is read once for all
-G heads. Split s covers tokens [s * L_s, min((s + 1) * L_s, L)) with L_s = ceil(L / num_splits) rounded up to whole
-BLOCK_N tiles (splits past the end are empty and exit at once). It walks its tokens BLOCK_N at a time, looks each
-token's physical block up in the block table (so a tile may span several cache blocks, or part of one), and keeps
-an fp32 online softmax in base 2 (scores pre-multiplied by scale * log2(e)). With num_splits == 1 it writes the
-normalised output directly and stage 2 never runs; otherwise it writes the split's normalised partial output
-mid_o [B, H, S, D] and its log2-sum-exp mid_lse [B, H, S] (fp32).
-
-Stage 2, `_decode_reduce_kernel`, grid (B, H): rescales the non-empty splits' partials by 2^(lse_s - max lse) and
-sums them (the usual log-sum-exp merge).
+One kernel, `_decode_split_kernel`, grid (B, KV, num_splits): program (b, kv, s) takes the G = H / KV query heads
+that share KV head kv as the M rows of `tl.dot` (padded to BLOCK_H >= 16, masked), so each K/V tile is read once for
+all G heads. Split s covers tokens [s * L_s, min((s + 1) * L_s, L)) with L_s = ceil(L / num_splits) rounded up to
+whole BLOCK_N tiles (splits past the end are empty and exit at once). It walks its tokens BLOCK_N at a time, looks
+each token's physical block up in the block table (so a tile may span several cache blocks, or part of one), and
+keeps an fp32 online softmax in base 2 (scores pre-multiplied by scale * log2(e)). With num_splits == 1 it writes
+the normalised output directly; otherwise it writes the split's normalised partial output mid_o [B, H, S, D] and
+its log2-sum-exp mid_lse [B, H, S] (fp32), then counts its arrival on (b, kv)'s counter: the last non-empty split
+to arrive rescales all of them by 2^(lse_s - max lse) and sums them (the usual log-sum-exp merge, in split order,
+so the result does not depend on which program came last) and re-arms the counter. So a decode layer's attention
+is one launch, not a split launch and a reduce launch.
 
 Splitting pays when B * KV programs leave SMs idle and contexts are long; `decode_num_splits` picks the count.
 References: flash-decoding (Dao et al. 2023); the two-stage Triton decode kernels of LightLLM and SGLang.
@@ -43,7 +43,7 @@ def _split_len(L, num_splits, BLOCK_N: tl.constexpr):
     return tl.cdiv(tl.cdiv(L, num_splits), BLOCK_N) * BLOCK_N
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _decode_split_kernel(
     q_ptr,  # [B, H, D]
     k_cache_ptr,  # [num_blocks, block_size, KV, D]
@@ -53,6 +53,7 @@ def _decode_split_kernel(
     out_ptr,  # [B, H, D], written when DIRECT
     mid_o_ptr,  # [B, H, S, D] fp32, written otherwise
     mid_lse_ptr,  # [B, H, S] fp32
+    counter_ptr,  # [B * KV] int32 arrivals per (sequence, KV head), zero between launches
     qk_scale,  # scale * log2(e)
     num_splits,
     stride_qb,
@@ -87,7 +88,7 @@ def _decode_split_kernel(
         split_len = _split_len(L, num_splits, BLOCK_N)
         lo = s * split_len
         hi = tl.minimum(lo + split_len, L)
-    if lo >= hi:  # an empty split of a short sequence: the reduce skips it
+    if lo >= hi:  # an empty split of a short sequence: neither counted nor merged
         return
 
     g = tl.arange(0, BLOCK_H)
@@ -117,46 +118,31 @@ def _decode_split_kernel(
         m = m_new
 
     acc = acc / l[:, None]
+    o_ptrs = out_ptr + b * stride_ob + h[:, None] * stride_oh + d[None, :]
     if DIRECT:
-        o_ptrs = out_ptr + b * stride_ob + h[:, None] * stride_oh + d[None, :]
         tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=hmask[:, None])
     else:
-        mo_ptrs = mid_o_ptr + b * stride_mb + h[:, None] * stride_mh + s * stride_ms + d[None, :]
-        tl.store(mo_ptrs, acc, mask=hmask[:, None])
-        tl.store(mid_lse_ptr + b * stride_lb + h * stride_lh + s, m + tl.log2(l), mask=hmask)
-
-
-@triton.jit
-def _decode_reduce_kernel(
-    mid_o_ptr,  # [B, H, S, D] fp32
-    mid_lse_ptr,  # [B, H, S] fp32
-    context_lens_ptr,  # [B] int32
-    out_ptr,  # [B, H, D]
-    num_splits,
-    stride_mb,
-    stride_mh,
-    stride_ms,
-    stride_lb,
-    stride_lh,
-    stride_ob,
-    stride_oh,
-    D: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_S: tl.constexpr,  # num_splits padded to a power of two
-):
-    b = tl.program_id(0)
-    h = tl.program_id(1)
-    L = tl.load(context_lens_ptr + b)
-    n_valid = tl.cdiv(L, _split_len(L, num_splits, BLOCK_N))  # splits that hold tokens (same rule as stage 1)
-    s = tl.arange(0, BLOCK_S)
-    smask = s < n_valid
-    d = tl.arange(0, D)
-    lse = tl.load(mid_lse_ptr + b * stride_lb + h * stride_lh + s, mask=smask, other=float("-inf"))  # [BLOCK_S]
-    o_ptrs = mid_o_ptr + b * stride_mb + h * stride_mh + s[:, None] * stride_ms + d[None, :]
-    o = tl.load(o_ptrs, mask=smask[:, None], other=0.0)  # [BLOCK_S, D]
-    w = tl.exp2(lse - tl.max(lse, 0))  # [BLOCK_S]; split 0 is never empty, so the max is finite
-    out = tl.sum(w[:, None] * o, 0) / tl.sum(w, 0)  # [D]
-    tl.store(out_ptr + b * stride_ob + h * stride_oh + d, out.to(out_ptr.dtype.element_ty))
+        mo_ptrs = mid_o_ptr + b * stride_mb + h[:, None] * stride_mh + d[None, :]
+        lse_ptrs = mid_lse_ptr + b * stride_lb + h * stride_lh
+        tl.store(mo_ptrs + s * stride_ms, acc, mask=hmask[:, None])
+        tl.store(lse_ptrs + s, m + tl.log2(l), mask=hmask)
+        # the last non-empty split of (b, kv) to finish merges them all (no second launch); the atomic releases
+        # this program's stores above and acquires the others'
+        n_valid = tl.cdiv(L, split_len)
+        cnt = counter_ptr + b * tl.num_programs(1) + kv
+        if tl.atomic_add(cnt, 1, sem="acq_rel") == n_valid - 1:
+            top = tl.full([BLOCK_H], float("-inf"), tl.float32)
+            for i in range(n_valid):
+                top = tl.maximum(top, tl.load(lse_ptrs + i, mask=hmask, other=0.0, cache_modifier=".cg"))
+            num = tl.zeros([BLOCK_H, D], tl.float32)
+            den = tl.zeros([BLOCK_H], tl.float32)
+            for i in range(n_valid):
+                w = tl.exp2(tl.load(lse_ptrs + i, mask=hmask, other=0.0, cache_modifier=".cg") - top)
+                o = tl.load(mo_ptrs + i * stride_ms, mask=hmask[:, None], other=0.0, cache_modifier=".cg")
+                num += w[:, None] * o
+                den += w
+            tl.store(o_ptrs, (num / den[:, None]).to(out_ptr.dtype.element_ty), mask=hmask[:, None])
+            tl.atomic_xchg(cnt, 0)  # re-armed for the next launch (CUDA-graph replays included)
 
 
 @functools.lru_cache
@@ -204,7 +190,7 @@ def paged_decode_attention(
             block are never read.
         context_lens: int32 [B], cached tokens each query attends to (>= 1, its own token included).
         scale: softmax scale, normally 1 / sqrt(D).
-        num_splits: partitions per sequence (1 = no split, no reduce launch); None chooses with
+        num_splits: partitions per sequence (1 = no split, no merge); None chooses with
             `decode_num_splits`.
         out: optional [B, H, D] output of q's dtype, D contiguous.
         max_context_len: longest context in the batch, used only when num_splits is None; when both are None
@@ -240,15 +226,16 @@ def paged_decode_attention(
     block_n = min(MAX_BLOCK_N, TILE_BYTES // (D * q.element_size()))
     direct = num_splits == 1
     if direct:  # the partial buffers are unused: pass out in their place
-        mid_o, mid_lse = out, out
+        mid_o, mid_lse, counters = out, out, out
         mid_strides = (0,) * 5
     else:
         mid_o = torch.empty(B, H, num_splits, D, dtype=torch.float32, device=q.device)
         mid_lse = torch.empty(B, H, num_splits, dtype=torch.float32, device=q.device)
         mid_strides = (mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1))
+        counters = _arrival_counters(q.device, B * KV)
     in_precision = "ieee" if q.dtype == torch.float32 else "tf32"  # fp32 stays exact; ignored for 16-bit
     _decode_split_kernel[(B, KV, num_splits)](
-        q, k_cache, v_cache, block_tables, context_lens, out, mid_o, mid_lse,
+        q, k_cache, v_cache, block_tables, context_lens, out, mid_o, mid_lse, counters,
         scale * LOG2E, num_splits,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -258,14 +245,19 @@ def paged_decode_attention(
         G=G, BLOCK_H=max(16, triton.next_power_of_2(G)), D=D, BLOCK_SIZE=block_size, BLOCK_N=block_n,
         DIRECT=direct, IN_PRECISION=in_precision, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )
-    if not direct:
-        _decode_reduce_kernel[(B, H)](
-            mid_o, mid_lse, context_lens, out, num_splits,
-            *mid_strides,
-            out.stride(0), out.stride(1),
-            D=D, BLOCK_N=block_n, BLOCK_S=triton.next_power_of_2(num_splits), num_warps=4,
-        )
     return out
+
+
+_counters: dict[tuple, torch.Tensor] = {}
+
+
+def _arrival_counters(device: torch.device, n: int) -> torch.Tensor:
+    """Zeroed int32 counters, at least n, that every launch leaves zero. One buffer per device and power-of-two
+    size, kept for good: a captured CUDA graph holds its address."""
+    key = (device, triton.next_power_of_2(n))
+    if key not in _counters:
+        _counters[key] = torch.zeros(key[1], dtype=torch.int32, device=device)
+    return _counters[key]
 
 
 def paged_decode_attention_ref(

@@ -74,7 +74,7 @@ def _attend_tile(
     return acc, m_new, l
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_tiles"])  # varies by step: one binary for all
 def _extend_kernel(
     q_ptr,  # [Nq, H, D]
     k_cache_ptr,  # [num_blocks, block_size, KV, D]

@@ -21,7 +21,7 @@ import torch
 from shusheng.deploy.kernels._triton import require_triton, tl, triton
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])  # rows vary by step: one binary for all
 def _rms_norm_kernel(
     x_ptr,  # [N, D]
     r_ptr,  # [N, D] residual, read and overwritten with x + residual (HAS_RESIDUAL only)

@@ -76,7 +76,7 @@ def _gemv_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, K_CHUNK
     _finish(y, y_ptr, b_ptr, ws_ptr, cnt_ptr, rm, rn, rm < 1, n_mask, 0, N, 1, HAS_BIAS, SPLIT)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])  # 1..16 rows: one binary for all
 def _gemv_dot_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, K_CHUNK, stride_xm, stride_wn, stride_ym,
                      HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, SPLIT: tl.constexpr):
