@@ -397,6 +397,13 @@ def main(argv: list[str] | None = None) -> int:
               "client_processes": args.client_processes, "rates": []}
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="serve_overhead-") as tmp:
+        # a Triton cache of this run's own (the server inherits it): a new entry in it during a measured rate is a
+        # kernel compiled mid-run, a stall of up to a second that the rate's TTFT would carry
+        cache = Path(os.environ.setdefault("TRITON_CACHE_DIR", str(Path(tmp) / "triton-cache")))
+
+        def compiles() -> int:
+            return len(list(cache.iterdir())) if cache.is_dir() else 0
+
         t0 = time.perf_counter()
         ckpt = make_checkpoint(args.preset, Path(tmp), opts["device"], getattr(torch, opts["dtype"]))
         print(f"checkpoint: {args.preset} random weights ({opts['dtype']}) in {time.perf_counter() - t0:.1f} s; "
@@ -414,11 +421,13 @@ def main(argv: list[str] | None = None) -> int:
                 result["offline_warmup"] = {k: v for k, v in run_offline(engine, warm).items() if k != "requests"}
             for rate, seed, n in runs:
                 engine.scheduler.num_preemptions = 0
+                before = compiles()
                 offline.append(run_offline(engine, workload(rate, seed, n)))
                 o = offline[-1]
+                o["triton_compiles"] = compiles() - before
                 print(f"offline rate {rate:g}: {n} requests, {o['duration_s']:.1f} s, "
-                      f"{o['output_token_throughput']:.0f} out tok/s, TTFT mean {o['ttft_ms']['mean']:.1f} ms",
-                      flush=True)
+                      f"{o['output_token_throughput']:.0f} out tok/s, TTFT mean {o['ttft_ms']['mean']:.1f} ms, "
+                      f"{o['triton_compiles']} Triton compiles", flush=True)
         del engine
         gc.collect()
         if opts["device"].startswith("cuda"):
@@ -438,12 +447,15 @@ def main(argv: list[str] | None = None) -> int:
                     result["online_warmup"] = {k: v for k, v in _clean(w).items() if k != "requests"}
                 online = []
                 for rate, seed, n in runs:
+                    before = compiles()
                     online.append(run_online(workload(rate, seed, n), url))
                     o = online[-1]
+                    o["triton_compiles"] = compiles() - before
                     st = o["server_side_ttft_mean_ms"]
                     print(f"online  rate {rate:g}: {n} requests, {o['duration_s']:.1f} s, "
                           f"{o['output_token_throughput']:.0f} out tok/s, TTFT mean {o['ttft_ms']['mean']:.1f} ms "
-                          f"(server-side {st if st is None else round(st, 1)} ms)", flush=True)
+                          f"(server-side {st if st is None else round(st, 1)} ms), {o['triton_compiles']} Triton "
+                          "compiles", flush=True)
         except (RuntimeError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

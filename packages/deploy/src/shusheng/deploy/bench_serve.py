@@ -449,6 +449,9 @@ def _client_process(config: BenchServeConfig, model: str, part: int, ready, out)
     async def main():
         requests = sample_requests(config)
         async with _client(config) as client:
+            # one request first, as the single-process path's model lookup is: this process's first request pays
+            # for lazy imports and a new connection (~0.1 s), which is the client's cost, not the server's
+            await resolve_model(client, config)
             ready.wait()
             return await _send(client, config, model, requests, range(part, len(requests), config.client_processes))
 

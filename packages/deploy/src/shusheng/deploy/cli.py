@@ -166,11 +166,12 @@ def cmd_serve(a: argparse.Namespace) -> int:
     config = _engine_config(a)
     if config.tensor_parallel_size > 1:
         check_config(config)  # here, before any process starts: a bad degree gets its one-line error
+    # A thread beside the event loop hands the engine's outputs over: the engine thread (which gives up the GIL at
+    # every CUDA sync) or the engine process's pipe reader. With the default 5 ms switch interval a busy event loop
+    # can keep it waiting that long for the GIL, once or more per decode step: every stream's next chunk waits too.
+    sys.setswitchinterval(0.001)
     if a.engine_in_thread:
         engine = AsyncEngine(build_engine(config))
-        # The engine thread gives up the GIL at every CUDA sync; with the default 5 ms switch interval a busy event
-        # loop can hold it that long before the engine gets it back, once or more per decode step.
-        sys.setswitchinterval(0.001)
     else:
         try:
             engine = ProcessAsyncEngine(config)
