@@ -396,6 +396,15 @@ class ModelRunner:
             self.graphs[size] = (graph, out)
         torch.cuda.synchronize(dev)
 
+    def release_graphs(self) -> None:
+        """Frees the captured decode graphs (decode steps then run eager). Under tensor parallelism this must come
+        before the process group is destroyed: NCCL's teardown waits for graphs that captured its collectives."""
+        if self.graphs:
+            torch.cuda.synchronize(self.device)  # no replay in flight
+        for graph, _ in self.graphs.values():
+            graph.reset()
+        self.graphs.clear()
+
     def _run_decode_graph(self, batch: ScheduledBatch, feed: Feed | None) -> StepLogits:
         """A decode-only step (one new token per sequence, every one sampling) as a CUDA-graph replay."""
         bs = self.block_size

@@ -129,6 +129,7 @@ def _worker_main(config: EngineConfig, tokenizer: Tokenizer | None, rank: int, p
         except OSError:
             pass
         sys.exit(1)
+    engine.runner.release_graphs()  # NCCL's teardown waits until no CUDA graph holds its collectives
     dist.destroy_process_group()  # (not after a failure: with a collective left hanging it could block)
 
 
@@ -159,17 +160,21 @@ class _Worker:
     conn: Any  # rank 0's end of its pipe
 
 
-def _stop_workers(workers: list[_Worker], timeout: float = 10.0) -> None:
+def _stop_workers(workers: list[_Worker], runners: list, timeout: float = 10.0) -> None:
     """Asks every worker to stop, then waits; one that does not (e.g. stuck in a collective) is terminated.
 
     Rank 0's own process group is destroyed in between, while the workers destroy theirs: NCCL's teardown waits
-    for the other ranks, so rank 0 must not wait for the workers to exit first (they would be waiting for it)."""
+    for the other ranks, so rank 0 must not wait for the workers to exit first (they would be waiting for it).
+    Every rank first frees its CUDA graphs (rank 0's runner is in `runners`): a graph that captured NCCL
+    collectives holds the communicator, and the teardown would wait for it forever."""
     workers = [w for w in workers if w.proc.pid is not None]  # started
     for w in workers:
         try:
             w.conn.send_bytes(pickle.dumps(("shutdown",)))
         except OSError:
             pass
+    for runner in runners:
+        runner.release_graphs()
     if workers and dist.is_initialized():
         dist.destroy_process_group()
     for w in workers:
@@ -208,7 +213,8 @@ class TPEngine(LLMEngine):
         store = dist.TCPStore("127.0.0.1", 0, tp, is_master=True, wait_for_workers=False)
         ctx = mp.get_context("spawn")  # fresh interpreters: CUDA must not be inherited
         self._workers: list[_Worker] = []
-        self._stop = weakref.finalize(self, _stop_workers, self._workers)  # also at interpreter exit
+        self._runners: list = []  # this rank's runner once built (its graphs are freed before the teardown)
+        self._stop = weakref.finalize(self, _stop_workers, self._workers, self._runners)  # also at exit
         self._commands: list[tuple] = []  # applied here since the last step; the workers apply them before it
         self._failure: str | None = None
         try:
@@ -221,6 +227,7 @@ class TPEngine(LLMEngine):
                 child.close()
             group = _init_rank(config, 0, store)
             super().__init__(config, tokenizer, tp_group=group)
+            self._runners.append(self.runner)
             _share_rank0_tokens(self, group)
             for w in self._workers:
                 try:
@@ -312,4 +319,6 @@ class TPEngine(LLMEngine):
         """Stops the worker ranks and leaves the process group (idempotent)."""
         self._stop()
         if dist.is_initialized():
+            for runner in self._runners:
+                runner.release_graphs()
             dist.destroy_process_group()
