@@ -158,6 +158,18 @@ def test_dead_worker_is_reported(ckpt):
     assert not dist.is_initialized()
 
 
+def test_worker_dying_at_spawn_is_reported_not_waited_for(ckpt, tmp_path):
+    """A script without a `__main__` guard: each spawned worker re-runs it and dies before reaching the store.
+    Rank 0 says so (with the fix) instead of waiting in the collective init for the store's timeout (30 min)."""
+    script = tmp_path / "no_guard.py"
+    script.write_text("from shusheng.deploy import EngineConfig, TPEngine\n"
+                      f"TPEngine(EngineConfig(model={str(ckpt)!r}, tensor_parallel_size=2, device='cpu'))\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "rank 1 exited during start-up" in last and 'if __name__ == "__main__":' in last, proc.stderr[-2000:]
+
+
 def test_bad_degrees_rejected_before_any_process_starts(ckpt):
     with pytest.raises(ValueError, match=r"tensor parallel degree 4 must divide num_kv_heads \(2\)"):
         TPEngine(EngineConfig(model=str(ckpt), device="cpu", tensor_parallel_size=4))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import pickle
 import signal
 import sys
+import time
 import traceback
 import weakref
 from dataclasses import dataclass
@@ -100,6 +101,14 @@ def _init_rank(config: EngineConfig, rank: int, store: dist.Store) -> dist.Proce
     return dist.group.WORLD
 
 
+def _up_key(rank: int) -> str:
+    return f"shusheng/tp/rank{rank}/up"
+
+
+SPAWN_HINT = ("the worker processes are spawned and import the main script: in a script, build the engine under "
+              "`if __name__ == \"__main__\":`")
+
+
 def _share_rank0_tokens(engine: LLMEngine, group: dist.ProcessGroup) -> None:
     engine.sampler = _RankZeroTokens(engine.sampler, group)
 
@@ -117,6 +126,7 @@ def _worker_main(config: EngineConfig, tokenizer: Tokenizer | None, rank: int, p
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; rank 0 stops us
     try:
         store = dist.TCPStore("127.0.0.1", port, config.tensor_parallel_size, is_master=False)
+        store.set(_up_key(rank), "1")  # rank 0 waits for this (watching the process) before the collective init
         group = _init_rank(config, rank, store)
         engine = LLMEngine(config, tokenizer, tp_group=group)  # rank 0's tokenizer: the same stop ids and texts
         _share_rank0_tokens(engine, group)
@@ -225,6 +235,7 @@ class TPEngine(LLMEngine):
                 self._workers.append(_Worker(rank, proc, parent))
                 proc.start()
                 child.close()
+            self._await_workers(store)
             group = _init_rank(config, 0, store)
             super().__init__(config, tokenizer, tp_group=group)
             self._runners.append(self.runner)
@@ -276,6 +287,25 @@ class TPEngine(LLMEngine):
         return super().embed(prompts)
 
     # ---- the workers ----
+
+    def _await_workers(self, store: dist.TCPStore, timeout: float = 600.0) -> None:
+        """Waits until every worker has reached the store, watching the processes: one that dies first (often a
+        script without a `__main__` guard, which the spawned worker re-runs) is reported at once, where the
+        collective init would wait for it for the store's whole timeout."""
+        deadline = time.monotonic() + timeout
+        waiting = {w.rank: w for w in self._workers}
+        while waiting:
+            for rank in [r for r in waiting if store.check([_up_key(r)])]:
+                del waiting[rank]
+            dead = next((w for w in waiting.values() if not w.proc.is_alive()), None)
+            if dead is not None:
+                self._failure = (f"tensor-parallel rank {dead.rank} exited during start-up (exit code "
+                                 f"{dead.proc.exitcode}) before running any engine code; {SPAWN_HINT}")
+                raise RuntimeError(self._failure)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"tensor-parallel ranks {sorted(waiting)} did not start within {timeout:.0f} s")
+            if waiting:
+                mp_connection.wait([w.proc.sentinel for w in waiting.values()], 0.05)
 
     def _send(self, msg: tuple) -> None:
         if not self._stop.alive:
