@@ -1,9 +1,15 @@
 """Step outputs shipped as deltas between processes rebuild to exactly the engine's own outputs."""
 
 import copy
+import pickle
 
 from shusheng.deploy import EngineConfig, LLMEngine, SamplingParams
 from shusheng.deploy.output_deltas import OutputRebuilder, delta
+
+
+def over_the_pipe(out, first):
+    """What the API process receives of `out`: its delta, pickled and unpickled."""
+    return pickle.loads(pickle.dumps(delta(out, first), protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def test_rebuilt_outputs_equal_the_engines(tiny_ckpt):
@@ -34,11 +40,11 @@ def test_rebuilt_outputs_equal_the_engines(tiny_ckpt):
         for out, expected in zip(outs, expected_all, strict=True):
             first = out.request_id not in started
             started.add(out.request_id)
-            rebuilt = rebuilder.rebuild(delta(out, first))
+            rebuilt = rebuilder.rebuild(over_the_pipe(out, first))
             assert rebuilt == expected
             compared += 1
     assert compared > 20 and twice and len(rebuilder) == 0  # every request finished and was dropped
-    assert rebuilder.rebuild(delta(expected, False)) is None  # unknown (finished) requests are ignored
+    assert rebuilder.rebuild(over_the_pipe(expected, False)) is None  # unknown (finished) requests are ignored
 
 
 def test_an_engine_making_deltas_rebuilds_to_the_snapshots(tiny_ckpt):
@@ -69,7 +75,7 @@ def test_an_engine_making_deltas_rebuilds_to_the_snapshots(tiny_ckpt):
         for out, d in zip(outs, douts, strict=True):
             first = d.request_id not in started
             started.add(d.request_id)
-            rebuilt = rebuilder.rebuild(delta(d, first))
+            rebuilt = rebuilder.rebuild(over_the_pipe(d, first))
             rebuilt.metrics = out.metrics  # (two engines: their clocks differ)
             assert rebuilt == out
             compared += 1

@@ -23,14 +23,23 @@ def choice_delta(c: CompletionOutput) -> CompletionOutput:
                             c.delta_token_ids)
 
 
-def delta(out: RequestOutput, first: bool) -> RequestOutput:
-    """`out` without the prompt or what earlier outputs of the request carried; `first`: its first output.
+def delta(out: RequestOutput, first: bool) -> tuple:
+    """`out` as the pipe carries it: only what is new since the request's previous output, as plain tuples (they
+    pickle and unpickle several times faster than the dataclasses); `first`: its first output.
 
     `out` is a snapshot, or already a delta (an engine with `delta_outputs` makes them without copying its lists;
-    a delta has no prompt ids), of which only the first keeps the prompt's log-probs."""
-    outs = [choice_delta(c) for c in out.outputs] if out.prompt_token_ids else out.outputs
-    return RequestOutput(out.request_id, None, [], outs, out.finished, out.prompt_logprobs if first else None,
-                         out.num_cached_tokens, out.metrics)
+    a delta has no prompt ids), of which only the first keeps the prompt's log-probs. `OutputRebuilder.rebuild`
+    takes the tuple."""
+    if out.prompt_token_ids:  # a snapshot: cut the new part out
+        choices = [_wire(choice_delta(c)) for c in out.outputs]
+    else:
+        choices = [_wire(c) for c in out.outputs]
+    return (out.request_id, out.finished, out.num_cached_tokens, out.metrics,
+            out.prompt_logprobs if first else None, choices)
+
+
+def _wire(c: CompletionOutput) -> tuple:
+    return c.index, c.delta_text, c.delta_token_ids, c.logprobs, c.finish_reason, c.stop_reason
 
 
 @dataclass
@@ -58,30 +67,30 @@ class OutputRebuilder:
     def __len__(self) -> int:
         return len(self._requests)
 
-    def rebuild(self, d: RequestOutput) -> RequestOutput | None:
-        """The full output that `d` is the delta of; None for a request not added (or already finished)."""
-        req = self._requests.get(d.request_id)
+    def rebuild(self, d: tuple) -> RequestOutput | None:
+        """The full output that `d` (made by `delta`) stands for; None for a request not added (or already
+        finished)."""
+        request_id, finished, num_cached, metrics, prompt_logprobs, choices = d
+        req = self._requests.get(request_id)
         if req is None:
             return None
-        if d.prompt_logprobs is not None:
-            req.prompt_logprobs = d.prompt_logprobs
+        if prompt_logprobs is not None:
+            req.prompt_logprobs = prompt_logprobs
         outs = []
-        for c in d.outputs:
-            acc = req.choices.get(c.index)
+        for index, delta_text, delta_ids, logprobs, finish_reason, stop_reason in choices:
+            acc = req.choices.get(index)
             if acc is None:
-                acc = req.choices[c.index] = CompletionOutput(c.index, logprobs=None if c.logprobs is None else [])
-            acc.text += c.delta_text
-            acc.token_ids.extend(c.delta_token_ids)
-            if c.logprobs is not None:
-                acc.logprobs.extend(c.logprobs)
-            acc.finish_reason, acc.stop_reason = c.finish_reason, c.stop_reason
-            done = d.finished
+                acc = req.choices[index] = CompletionOutput(index, logprobs=None if logprobs is None else [])
+            acc.text += delta_text
+            acc.token_ids.extend(delta_ids)
+            if logprobs is not None:
+                acc.logprobs.extend(logprobs)
             # a finished request hands over its lists; a running one copies (later deltas extend them)
             outs.append(CompletionOutput(
-                c.index, acc.text, acc.token_ids if done else list(acc.token_ids),
-                acc.logprobs if done or acc.logprobs is None else list(acc.logprobs), c.finish_reason, c.stop_reason,
-                c.delta_text, c.delta_token_ids))
-        if d.finished:
-            del self._requests[d.request_id]
-        return RequestOutput(d.request_id, req.prompt, req.prompt_token_ids, outs, d.finished, req.prompt_logprobs,
-                             d.num_cached_tokens, d.metrics)
+                index, acc.text, acc.token_ids if finished else list(acc.token_ids),
+                acc.logprobs if finished or acc.logprobs is None else list(acc.logprobs), finish_reason,
+                stop_reason, delta_text, delta_ids))
+        if finished:
+            del self._requests[request_id]
+        return RequestOutput(request_id, req.prompt, req.prompt_token_ids, outs, finished, req.prompt_logprobs,
+                             num_cached, metrics)
