@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import httpx
 import pytest
@@ -265,7 +266,13 @@ def test_gpu_tp2_greedy_equals_tp1(small_ckpt):
         assert got[0] == ref[0]  # greedy
         assert got[1] == ref[1]  # seeded sampling, n=2: the requests' own generators on cuda:0
     finally:
-        eng.shutdown()
+        # NCCL's teardown waits for every CUDA graph that captured its collectives (the ranks free theirs first):
+        # a shutdown that hangs fails here instead of holding the GPU machine
+        stopper = threading.Thread(target=eng.shutdown, daemon=True)
+        stopper.start()
+        stopper.join(120)
+        assert not stopper.is_alive(), "TPEngine.shutdown() hung"
+    assert not eng.runner.graphs and not dist.is_initialized()
 
 
 @pytest.mark.gpu
