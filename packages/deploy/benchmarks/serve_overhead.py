@@ -22,7 +22,8 @@ Steps:
    client freeze theirs: no side has a full garbage collection of torch's objects in the middle of a run.
 3. The engine is freed, then ONE server is started (`python -m shusheng.deploy.cli serve CKPT` in a subprocess,
    the same engine options on the command line) and, for every rate, driven by bench-serve's own client
-   (`shusheng.deploy.bench_serve.run_benchmark`: streaming, `stream_options.include_usage`; --client-processes
+   (`shusheng.deploy.bench_serve.run_benchmark`: streaming, `stream_options.include_usage`, --client's HTTP client:
+   raw by default, the lean one, or httpx; --client-processes
    processes share the requests, since one Python process parsing every SSE event of a busy run is itself the
    bottleneck). The server's own
    TTFT histogram (/metrics, from the request entering the engine queue to its first output) is read before and
@@ -346,6 +347,8 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--enforce-eager", action="store_true")
     p.add_argument("--limit", type=float, default=1.10, help="the acceptance ratio (printed as a yes/NO column)")
+    p.add_argument("--client", default="raw", choices=["raw", "httpx"],
+                   help="bench-serve's HTTP client for the timed requests (default raw: the lean one)")
     p.add_argument("--client-processes", type=int, default=None,
                    help="bench-serve client processes (default 4; 1 with --tiny): one Python process parsing ~10^4 "
                         "SSE events per second is itself the bottleneck")
@@ -386,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     def workload(rate: float, seed: int, n: int, url: str = "http://127.0.0.1:1") -> BenchServeConfig:
         return BenchServeConfig(url, endpoint="completions", num_prompts=n, request_rate=rate, seed=seed,
                                 input_len=args.input_len, output_len=args.output_len, ignore_eos=True,
-                                temperature=0.0, client_processes=args.client_processes)
+                                temperature=0.0, client_processes=args.client_processes, client=args.client)
 
     runs = [(rate, args.seed + 10 * (k + 1), num_prompts_for(rate, args)) for k, rate in enumerate(args.rates)]
     warm = workload(math.inf, args.seed + 10 * (len(runs) + 1), args.warmup) if args.warmup else None
@@ -394,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"device": device_name, "torch": torch.__version__, "preset": args.preset, "engine_options": opts,
               "endpoint": "/v1/completions", "input_len": args.input_len, "output_len": args.output_len,
               "seed": args.seed, "warmup": args.warmup, "limit": args.limit,
-              "client_processes": args.client_processes, "rates": []}
+              "client_processes": args.client_processes, "client": args.client, "rates": []}
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="serve_overhead-") as tmp:
         # a Triton cache of this run's own (the server inherits it): a new entry in it during a measured rate is a

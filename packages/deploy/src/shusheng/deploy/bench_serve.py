@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 import httpx
 
 from .bench import parse_range
+from .bench_client import RawClient
 
 ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 METRICS = ("ttft", "tpot", "itl", "e2e")
@@ -76,6 +77,8 @@ class BenchServeConfig:
         client_processes: client processes sharing the requests (request i goes to process i mod k, each on the
             common arrival schedule). One Python process parses every SSE event of every stream; at thousands of
             events per second it becomes the bottleneck and its queueing shows up as server latency.
+        client: the HTTP client of the timed requests: "raw" (`bench_client.RawClient`: lean, so that less of the
+            client's own time lands in the latencies) or "httpx".
     """
 
     base_url: str
@@ -94,6 +97,7 @@ class BenchServeConfig:
     api_key: str | None = None
     request_timeout: float = 600.0
     client_processes: int = 1
+    client: str = "raw"
 
     def __post_init__(self):
         if not self.base_url.startswith(("http://", "https://")):
@@ -107,6 +111,8 @@ class BenchServeConfig:
             raise ValueError(f"request_rate must be > 0 (inf: all at once), got {self.request_rate}")
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
+        if self.client not in ("raw", "httpx"):
+            raise ValueError(f"client must be 'raw' or 'httpx', got {self.client!r}")
         if self.client_processes < 1:
             raise ValueError(f"client_processes must be >= 1, got {self.client_processes}")
         if isinstance(self.input_len, str):
@@ -248,15 +254,49 @@ def _chunk_text(chunk: dict) -> str:
     return (delta.get("content") or "") + (delta.get("reasoning_content") or "")
 
 
-async def _stream(client: httpx.AsyncClient, path: str, body: dict, res: RequestResult) -> None:
+@contextlib.asynccontextmanager
+async def _httpx_stream(client: httpx.AsyncClient, path: str, body: dict):
+    async with client.stream("POST", path, json=body) as r:
+        yield r.status_code, r.aiter_lines(), r.aread
+
+
+class _Session:
+    """bench-serve's HTTP clients: httpx for the model lookup, `config.client` for the timed requests."""
+
+    def __init__(self, config: BenchServeConfig):
+        self.httpx = _client(config)
+        headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+        self.raw = RawClient(config.base_url, headers) if config.client == "raw" else None
+
+    def stream(self, path: str, body: dict):
+        """POST `body`; an async context manager of (status, lines, read_rest)."""
+        return self.raw.stream(path, body) if self.raw is not None else _httpx_stream(self.httpx, path, body)
+
+    async def warm_up(self, config: BenchServeConfig) -> str:
+        """The model name (`resolve_model`); the timed client's first connection is open afterwards."""
+        model = await resolve_model(self.httpx, config)
+        if self.raw is not None:
+            await self.raw.get("/v1/models")
+        return model
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.httpx.aclose()
+        if self.raw is not None:
+            await self.raw.aclose()
+
+
+async def _stream(session: _Session, path: str, body: dict, res: RequestResult) -> None:
     t0 = time.perf_counter()
     last = None
-    async with client.stream("POST", path, json=body) as r:
-        if r.status_code != 200:
-            text = (await r.aread()).decode(errors="replace").strip().replace("\n", " ")
-            res.error = f"HTTP {r.status_code}: {text[:300]}"
+    async with session.stream(path, body) as (status, lines, read_rest):
+        if status != 200:
+            text = (await read_rest()).decode(errors="replace").strip().replace("\n", " ")
+            res.error = f"HTTP {status}: {text[:300]}"
             return
-        async for line in r.aiter_lines():
+        async for line in lines:
             if not line.startswith("data:"):
                 continue  # blank separators, SSE comments and event names
             data = line[5:].strip()
@@ -284,7 +324,7 @@ async def _stream(client: httpx.AsyncClient, path: str, body: dict, res: Request
     res.success = True
 
 
-async def send_request(client: httpx.AsyncClient, config: BenchServeConfig, model: str, req: Request,
+async def send_request(client: _Session, config: BenchServeConfig, model: str, req: Request,
                        semaphore: asyncio.Semaphore | None) -> RequestResult:
     """Stream one request and time it; failures are recorded in the result, never raised."""
     res = RequestResult(prompt_len=req.prompt_len, max_tokens=req.max_tokens)
@@ -294,7 +334,7 @@ async def send_request(client: httpx.AsyncClient, config: BenchServeConfig, mode
                                    config.request_timeout)
     except asyncio.TimeoutError:
         res.success, res.error = False, f"timed out after {config.request_timeout:g} s"
-    except (httpx.HTTPError, json.JSONDecodeError, OSError) as e:
+    except (httpx.HTTPError, ValueError, OSError, asyncio.IncompleteReadError) as e:
         res.success, res.error = False, f"{type(e).__name__}: {e}"
     return res
 
@@ -398,8 +438,8 @@ async def run_benchmark(config: BenchServeConfig) -> dict:
     """
     requests = sample_requests(config)
     with frozen_heap():
-        async with _client(config) as client:
-            model = await resolve_model(client, config)
+        async with _Session(config) as client:
+            model = await client.warm_up(config)
             if config.client_processes == 1:
                 results, start, end = await _send(client, config, model, requests, range(len(requests)))
             else:
@@ -428,7 +468,7 @@ def _client(config: BenchServeConfig) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=config.base_url, headers=headers, limits=limits, timeout=timeout)
 
 
-async def _send(client: httpx.AsyncClient, config: BenchServeConfig, model: str, requests: list[Request],
+async def _send(client: _Session, config: BenchServeConfig, model: str, requests: list[Request],
                 indices) -> tuple[list[RequestResult], float, float]:
     """Requests `indices` of the run, each at its arrival time: (results, start, end) in time.time() seconds."""
     limit = config.max_concurrency
@@ -448,10 +488,10 @@ def _client_process(config: BenchServeConfig, model: str, part: int, ready, out)
 
     async def main():
         requests = sample_requests(config)
-        async with _client(config) as client:
+        async with _Session(config) as client:
             # one request first, as the single-process path's model lookup is: this process's first request pays
             # for lazy imports and a new connection (~0.1 s), which is the client's cost, not the server's
-            await resolve_model(client, config)
+            await client.warm_up(config)
             ready.wait()
             return await _send(client, config, model, requests, range(part, len(requests), config.client_processes))
 
@@ -532,6 +572,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--client-processes", type=int, default=1,
                    help="client processes sharing the requests (one process parsing every SSE event of a big run "
                         "becomes the bottleneck)")
+    p.add_argument("--client", default="raw", choices=["raw", "httpx"],
+                   help="HTTP client of the timed requests (raw: a lean asyncio one, less of its own time in the "
+                        "latencies)")
     p.add_argument("--json", default=None, help="also write the results here")
 
 
@@ -549,7 +592,7 @@ def main_from_args(args: argparse.Namespace) -> int:
             request_rate=args.request_rate, max_concurrency=args.max_concurrency, seed=args.seed,
             input_len=args.input_len, output_len=args.output_len, dataset=args.dataset, max_seq_len=args.max_seq_len,
             ignore_eos=not args.no_ignore_eos, temperature=args.temperature, api_key=args.api_key,
-            request_timeout=args.request_timeout, client_processes=args.client_processes,
+            request_timeout=args.request_timeout, client_processes=args.client_processes, client=args.client,
         )
         result = asyncio.run(run_benchmark(config))
     except ValueError as e:
