@@ -36,8 +36,8 @@ class RawClient:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"the server URL must be http(s)://host[:port], got {base_url!r}")
         self._host = parts.hostname
-        self._tls = parts.scheme == "https"
-        self._port = parts.port or (443 if self._tls else 80)
+        self._tls = ssl.create_default_context() if parts.scheme == "https" else None
+        self._port = parts.port or (443 if self._tls is not None else 80)
         self._prefix = parts.path.rstrip("/")
         host_header = self._host if parts.port is None else f"{self._host}:{self._port}"
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
@@ -52,8 +52,7 @@ class RawClient:
                 return reader, writer
             writer.close()
         self.opened += 1
-        return await asyncio.open_connection(self._host, self._port,
-                                             ssl=ssl.create_default_context() if self._tls else None)
+        return await asyncio.open_connection(self._host, self._port, ssl=self._tls)
 
     @asynccontextmanager
     async def _exchange(self, method: str, path: str, body: bytes | None):

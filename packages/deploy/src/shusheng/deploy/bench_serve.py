@@ -265,8 +265,7 @@ class _Session:
 
     def __init__(self, config: BenchServeConfig):
         self.httpx = _client(config)
-        headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
-        self.raw = RawClient(config.base_url, headers) if config.client == "raw" else None
+        self.raw = RawClient(config.base_url, _headers(config)) if config.client == "raw" else None
 
     def stream(self, path: str, body: dict):
         """POST `body`; an async context manager of (status, lines, read_rest)."""
@@ -460,8 +459,12 @@ async def run_benchmark(config: BenchServeConfig) -> dict:
             "requests": records}
 
 
+def _headers(config: BenchServeConfig) -> dict[str, str]:
+    return {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+
+
 def _client(config: BenchServeConfig) -> httpx.AsyncClient:
-    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+    headers = _headers(config)
     per_process = None if config.max_concurrency is None else -(-config.max_concurrency // config.client_processes)
     limits = httpx.Limits(max_connections=per_process, max_keepalive_connections=per_process)
     timeout = httpx.Timeout(config.request_timeout, connect=10.0)

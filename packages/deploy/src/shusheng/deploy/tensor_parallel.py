@@ -185,7 +185,7 @@ def _stop_workers(workers: list[_Worker], runners: list, timeout: float = 10.0) 
             pass
     for runner in runners:
         runner.release_graphs()
-    if workers and dist.is_initialized():
+    if dist.is_initialized():  # (the group is this engine's: TPEngine refuses to start inside another one)
         dist.destroy_process_group()
     for w in workers:
         w.proc.join(timeout)
@@ -348,7 +348,3 @@ class TPEngine(LLMEngine):
     def shutdown(self) -> None:
         """Stops the worker ranks and leaves the process group (idempotent)."""
         self._stop()
-        if dist.is_initialized():
-            for runner in self._runners:
-                runner.release_graphs()
-            dist.destroy_process_group()

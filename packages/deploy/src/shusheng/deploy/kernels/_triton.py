@@ -2,6 +2,8 @@
 CPU-only torch their `@triton.jit` kernels are plain functions that are never launched, and the PyTorch references
 beside them still work."""
 
+import torch
+
 try:
     import triton
     import triton.language as tl
@@ -19,3 +21,16 @@ def require_triton(name: str) -> None:
     """Raise a clear error when the Triton kernel `name` is called on a machine without triton."""
     if not HAS_TRITON:
         raise RuntimeError(f"{name} needs triton; use {name}_ref on machines without it")
+
+
+_kept: dict[tuple, torch.Tensor] = {}
+
+
+def kept_buffer(name: str, device: torch.device, numel: int, dtype: torch.dtype, zero: bool = False) -> torch.Tensor:
+    """A scratch buffer of the kernel `name` (split-K partials, arrival counters), allocated once per device, size
+    and dtype and kept for good: a captured CUDA graph holds its address. Kernels on one stream never overlap, so
+    every launch of that size may use it; a `zero` buffer (counters) must be left zero by each kernel."""
+    key = (name, device, numel, dtype)
+    if key not in _kept:
+        _kept[key] = (torch.zeros if zero else torch.empty)(numel, dtype=dtype, device=device)
+    return _kept[key]

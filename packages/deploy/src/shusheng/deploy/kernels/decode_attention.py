@@ -24,7 +24,7 @@ import functools
 
 import torch
 
-from shusheng.deploy.kernels._triton import require_triton, tl, triton
+from shusheng.deploy.kernels._triton import kept_buffer, require_triton, tl, triton
 
 # K/V tile: BLOCK_N tokens of 32 KB (128 tokens for bf16, D = 128), so that K and V, two pipeline stages deep, take
 # 128 KB of shared memory. On an H100 128-token tiles read 1.3x faster than 64 when few programs run (B * KV small,
@@ -232,7 +232,8 @@ def paged_decode_attention(
         mid_o = torch.empty(B, H, num_splits, D, dtype=torch.float32, device=q.device)
         mid_lse = torch.empty(B, H, num_splits, dtype=torch.float32, device=q.device)
         mid_strides = (mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1))
-        counters = _arrival_counters(q.device, B * KV)
+        # arrival counters per (sequence, KV head), a power-of-two count (few buffers); each launch leaves them zero
+        counters = kept_buffer("decode counters", q.device, triton.next_power_of_2(B * KV), torch.int32, zero=True)
     in_precision = "ieee" if q.dtype == torch.float32 else "tf32"  # fp32 stays exact; ignored for 16-bit
     _decode_split_kernel[(B, KV, num_splits)](
         q, k_cache, v_cache, block_tables, context_lens, out, mid_o, mid_lse, counters,
@@ -246,18 +247,6 @@ def paged_decode_attention(
         DIRECT=direct, IN_PRECISION=in_precision, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )
     return out
-
-
-_counters: dict[tuple, torch.Tensor] = {}
-
-
-def _arrival_counters(device: torch.device, n: int) -> torch.Tensor:
-    """Zeroed int32 counters, at least n, that every launch leaves zero. One buffer per device and power-of-two
-    size, kept for good: a captured CUDA graph holds its address."""
-    key = (device, triton.next_power_of_2(n))
-    if key not in _counters:
-        _counters[key] = torch.zeros(key[1], dtype=torch.int32, device=device)
-    return _counters[key]
 
 
 def paged_decode_attention_ref(

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from shusheng.deploy.kernels._triton import HAS_TRITON, require_triton, tl, triton
+from shusheng.deploy.kernels._triton import HAS_TRITON, kept_buffer, require_triton, tl, triton
 
 MAX_ROWS = 16  # x with more rows goes to cuBLAS (F.linear)
 
@@ -107,22 +107,11 @@ _CANDIDATES = [
     ("dot", 64, 128, 4, 4, 2), ("dot", 64, 128, 4, 4, 4), ("dot", 128, 128, 8, 3, 1),
 ]
 _picked: dict[tuple, tuple] = {}
-_workspaces: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def candidates(M: int) -> list[tuple]:
     """The kernel configurations that can run `M` rows (the rows variant takes one)."""
     return [c for c in _CANDIDATES if c[0] == "dot" or M == 1]
-
-
-def _workspace(device, M_pad: int, N: int, split: int, blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split-K partials and per-column-block arrival counters (zero; each kernel leaves them zero). Kept per
-    device and size: CUDA graphs capture their addresses, and kernels on one stream never overlap."""
-    key = (device, split * M_pad * N, blocks)
-    if key not in _workspaces:
-        _workspaces[key] = (torch.empty(split * M_pad * N, dtype=torch.float32, device=device),
-                            torch.zeros(blocks, dtype=torch.int32, device=device))
-    return _workspaces[key]
 
 
 def _launch(cfg, x, w, b, y):
@@ -135,7 +124,11 @@ def _launch(cfg, x, w, b, y):
     split = triton.cdiv(K, k_chunk)
     grid = (triton.cdiv(N, block_n), split)
     m_pad = 1 if variant == "rows" else 16
-    ws, cnt = _workspace(x.device, m_pad, N, split, grid[0]) if split > 1 else (y, y)
+    if split > 1:  # partials, and per-column-block arrival counters (each kernel leaves them zero)
+        ws = kept_buffer("gemv partials", x.device, split * m_pad * N, torch.float32)
+        cnt = kept_buffer("gemv counters", x.device, grid[0], torch.int32, zero=True)
+    else:
+        ws = cnt = y
     bias = b if b is not None else w  # never read without HAS_BIAS
     if variant == "rows":
         _gemv_rows_kernel[grid](x, w, bias, y, ws, cnt, N, K, k_chunk, w.stride(0), HAS_BIAS=b is not None,

@@ -19,6 +19,7 @@ BLOCK_R of its KV * (G + 1) rotated heads (the q heads and the k head of every g
 import torch
 
 from shusheng.deploy.kernels._triton import require_triton, tl, triton
+from shusheng.deploy.kernels.store_kv import store_kv_ref
 
 
 @triton.jit
@@ -180,7 +181,5 @@ def qkv_rotary_ref(
     if out is not None:
         q, k = out[0].copy_(q), out[1].copy_(k)
     if cache is not None:
-        from shusheng.deploy.kernels.store_kv import store_kv_ref
-
         store_kv_ref(k, v, cache[0], cache[1], cache[2])
     return q, k, v
