@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from shusheng.model import ModelConfig, build_model, load_pretrained, save_pretrained
-from shusheng.model.parallel import apply_ac, apply_compile, apply_fsdp, apply_tp, shard_tp_local
+from shusheng.model.parallel import apply_ac, apply_compile, apply_fsdp, apply_tp, exit_rank, shard_tp_local
 
 CFG = ModelConfig.from_name("tiny", num_heads=4, num_kv_heads=2, qkv_bias=True, o_bias=True)
 
@@ -54,6 +54,7 @@ def _tp_worker(rank, world, port, out):
         torch.save({"ref": ref, "got": got.full_tensor() if hasattr(got, "full_tensor") else got}, out)
     dist.barrier()  # nobody tears gloo down while another rank still uses it
     dist.destroy_process_group()
+    exit_rank(0)
 
 
 def _tp_local_worker(rank, world, port, out):
@@ -86,6 +87,7 @@ def _tp_local_worker(rank, world, port, out):
         torch.save(results, out)
     dist.barrier()
     dist.destroy_process_group()
+    exit_rank(0)
 
 
 def _loss(model, ids):
@@ -109,6 +111,7 @@ def _fsdp_worker(rank, world, port, out):
         torch.save({"ref": ref, "got": grads}, out)
     dist.barrier()  # nobody tears gloo down while another rank still uses it
     dist.destroy_process_group()
+    exit_rank(0)
 
 
 def test_tensor_parallel_matches_single_process(tmp_path):

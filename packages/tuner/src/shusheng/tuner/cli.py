@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 DTYPES = ("bfloat16", "float16", "float32")
@@ -88,6 +89,10 @@ def cmd_train(a: argparse.Namespace) -> int:
         ok = True
     finally:
         distributed.teardown(ok)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a rank of a torchrun job, its files written: leave now
+        from shusheng.model.parallel import exit_rank
+
+        exit_rank(0)
     return 0
 
 
