@@ -1,13 +1,21 @@
-"""Where a decode step's time goes: torch.profiler over batch-1 (or --batch) decode steps of a random-weight preset.
+"""Where a step's time goes: torch.profiler over batch-1 (or --batch) decode steps of a random-weight preset, or
+with --prefill over the prefill steps of requests that arrive at an idle engine one at a time.
 
     python packages/deploy/benchmarks/profile_decode.py [--preset internlm2-1.8b] [--batch 1] [--steps 30]
+    python packages/deploy/benchmarks/profile_decode.py --prefill [--prompt-len 128] [--steps 20]
 
-Prints milliseconds per step, whether the CUDA graph replayed, and the top operators by CPU and by CUDA time.
+Decode: milliseconds per step, whether the CUDA graph replayed, and the top operators by CPU and by CUDA time.
+Prefill: the wall time of the step() call that takes a new request's prompt (what the host spends launching it)
+and of that step until the GPU is done, the same under torch.profiler (top operators by CPU and CUDA time), and
+cProfile's top functions by own time over those step() calls.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
+import statistics
 import sys
 import tempfile
 import time
@@ -40,11 +48,55 @@ def count_syncs(engine: LLMEngine) -> list[str]:
     return [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
 
 
+def profile_prefill(engine: LLMEngine, vocab_size: int, prompt_len: int, steps: int) -> int:
+    """Requests of `prompt_len` random tokens (no prefix-cache hits) to an idle engine, one at a time; each prefill
+    step timed alone, then the request is run to its end (2 tokens)."""
+    gen = torch.Generator().manual_seed(0)
+
+    def one(prof: cProfile.Profile | None = None) -> tuple[float, float]:
+        prompt = torch.randint(3, vocab_size, (prompt_len,), generator=gen).tolist()
+        engine.add_request(prompt, SamplingParams(max_tokens=2, ignore_eos=True, temperature=0.0))
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        if prof is not None:
+            prof.enable()
+        engine.step()
+        if prof is not None:
+            prof.disable()
+        t1 = time.perf_counter()
+        torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        while engine.has_unfinished():
+            engine.step()
+        time.sleep(0.02)  # idle, as between a server's requests
+        return t1 - t0, t2 - t0
+
+    for _ in range(5):
+        one()
+    plain = [one() for _ in range(steps)]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                            torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            one()
+    cprof = cProfile.Profile()
+    for _ in range(steps):
+        one(cprof)
+    host, done = (statistics.median(x[i] for x in plain) * 1e3 for i in (0, 1))
+    print(f"prefill of {prompt_len} tokens at an idle engine: step() returns after {host:.2f} ms (p50), the GPU is "
+          f"done after {done:.2f} ms")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
+    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15, max_name_column_width=60))
+    pstats.Stats(cprof).sort_stats("tottime").print_stats(25)
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--preset", default="internlm2-1.8b")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--prefill", action="store_true", help="profile prefill steps of requests arriving one at a time")
+    p.add_argument("--prompt-len", type=int, default=128)
     args = p.parse_args()
     cfg = ModelConfig.from_name(args.preset)
     model = random_model(cfg)
@@ -52,6 +104,8 @@ def main() -> int:
         tok = load_tokenizer(synthetic_tokenizer_file(Path(d), cfg.vocab_size))
     engine = LLMEngine(EngineConfig(model=args.preset, device="cuda", max_model_len=2048, max_num_seqs=256),
                        tokenizer=tok, model=model)
+    if args.prefill:
+        return profile_prefill(engine, cfg.vocab_size, args.prompt_len, args.steps)
     for _ in range(args.batch):
         engine.add_request(list(range(3, 131)), SamplingParams(max_tokens=4 * args.steps, ignore_eos=True,
                                                                temperature=0.0))

@@ -46,10 +46,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextvars
+import cProfile
 import gc
+import io
 import json
 import math
 import os
+import pstats
 import sys
 import tempfile
 import time
@@ -103,6 +106,7 @@ def watch_gc(engine=None) -> list:
 
 
 STEPS: list[tuple[float, float, int]] = []  # the engine's step() calls: (start, end, outputs)
+STEP_PROFILE = cProfile.Profile() if os.environ.get("TTFT_PROFILE_STEPS") else None  # --profile-steps
 
 
 def watch_steps(engine) -> list:
@@ -112,7 +116,11 @@ def watch_steps(engine) -> list:
 
         def timed_step(*a, **kw):
             t = time.monotonic()
+            if STEP_PROFILE is not None:
+                STEP_PROFILE.enable()
             outs = step(*a, **kw)
+            if STEP_PROFILE is not None:
+                STEP_PROFILE.disable()
             STEPS.append((t, time.monotonic(), len(outs)))
             return outs
 
@@ -120,6 +128,17 @@ def watch_steps(engine) -> list:
     out = list(STEPS)
     STEPS.clear()
     return out
+
+
+def step_profile(engine=None, rows: int = 22) -> str:
+    """cProfile's top functions by own time over the step() calls timed so far (--profile-steps), then reset."""
+    global STEP_PROFILE
+    if STEP_PROFILE is None:
+        return ""
+    text = io.StringIO()
+    pstats.Stats(STEP_PROFILE, stream=text).sort_stats("tottime").print_stats(rows)
+    STEP_PROFILE = cProfile.Profile()
+    return text.getvalue()
 
 
 def full_gc_ms(engine=None) -> float:
@@ -218,7 +237,8 @@ class _Probe:
             return await self.app(scope, receive, send)
         if scope["path"] == "/probe":
             engine, own_process = self.app.state.shusheng.engine, hasattr(self.app.state.shusheng.engine, "_proc")
-            out = {"requests": TRACES, "gc": {"api": watch_gc()}, "steps": await engine.run(watch_steps)}
+            out = {"requests": TRACES, "gc": {"api": watch_gc()}, "steps": await engine.run(watch_steps),
+                   "profile": await engine.run(step_profile)}
             if own_process:
                 out["gc"]["engine"] = await engine.run(watch_gc)
             if scope["query_string"] == b"full_gc":  # last: this collection is not one the server would make
@@ -412,6 +432,8 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--max-num-batched-tokens", type=int, default=8192)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--enforce-eager", action="store_true")
+    p.add_argument("--profile-steps", action="store_true",
+                   help="cProfile the engine's step() calls of the timed requests, offline and in the server")
     p.add_argument("--out", default=None, help="write every stamp and the tables here as JSON")
     args = p.parse_args(argv)
     for k, gpu, cpu in (("preset", "internlm2-1.8b", "tiny"), ("device", "cuda", "cpu"),
@@ -430,6 +452,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     opts = engine_options(args)
     env = {}
+    if args.profile_steps:  # here (offline) and, through the environment, in the server's processes
+        global STEP_PROFILE
+        STEP_PROFILE = cProfile.Profile()
+        env["TTFT_PROFILE_STEPS"] = "1"
     if args.device == "cpu":  # one torch thread on each side, as serve_overhead.py --tiny
         torch.set_num_threads(1)
         env["OMP_NUM_THREADS"] = "1"
@@ -465,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     result["offline"] = run_alone(engine, timed)
                 result["gc"], result["offline_steps"] = {"offline": watch_gc()}, watch_steps(engine)
+                result["offline_profile"] = step_profile()
             del engine
             gc.collect()  # the engine's reference cycles hold its KV pool, which the server needs
             if args.device == "cuda":
@@ -487,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     result["gc"] = {**result.get("gc", {}), "client": client_gc, **probe["gc"]}
     result["full_gc_ms"] = {"client": full_gc_ms(), **probe["full_gc_ms"]}
     result["steps"] = probe["steps"]
+    result["online_profile"] = probe["profile"]
     mode = "one at a time" if not args.rate else f"Poisson {args.rate:g} req/s"
     where = "engine thread" if args.engine_in_thread else "engine process"
     print(f"{args.preset} on {result['device']}: {args.requests} requests, {mode}, input {args.input_len} / output "
@@ -502,6 +530,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, steps in (("online", result["steps"]), ("offline", result.get("offline_steps"))):
         if steps:
             print(f"engine loop {name}: " + format_steps(steps))
+    for name in ("offline", "online"):
+        if result.get(f"{name}_profile"):
+            print(f"step() profile, {name}:\n{result[f'{name}_profile']}")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
         print(f"wrote {args.out}")

@@ -109,3 +109,52 @@ def test_a_dead_engine_process_fails_every_stream(tiny_ckpt):
             engine.add_request("again")
     finally:
         engine.shutdown()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="pinning needs Linux and two or more CPUs")
+def test_engine_cpus_pin_the_step_loop_and_leave_the_rest_to_the_api_process(tiny_ckpt):
+    config = EngineConfig.from_kwargs(str(tiny_ckpt), device="cpu", dtype="float32")
+    allowed = os.sched_getaffinity(0)
+    mine = {max(allowed)}
+    try:
+        engine = ProcessAsyncEngine(config, engine_cpus=mine)
+        try:
+            pid = engine._proc.pid
+            assert os.sched_getaffinity(0) == allowed - mine  # this (the API) process
+            assert os.sched_getaffinity(pid) == mine  # the engine process's main thread: the step loop
+            others = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+            assert any(os.sched_getaffinity(t) == allowed - mine for t in others)  # e.g. the sender thread
+
+            async def one():
+                return [o async for o in engine.add_request("hello world", SamplingParams(max_tokens=4))]
+
+            assert asyncio.run(one())[-1].finished
+        finally:
+            engine.shutdown()
+    finally:
+        os.sched_setaffinity(0, allowed)
+    with pytest.raises(ValueError, match="leave none for the API process"):
+        ProcessAsyncEngine(config, engine_cpus=allowed)
+    with pytest.raises(ValueError, match="are not among this process's CPUs"):
+        ProcessAsyncEngine(config, engine_cpus={max(allowed) + 1000})
+    assert os.sched_getaffinity(0) == allowed  # a refused list changes nothing
+
+
+def test_cpu_lists_parse_or_name_the_problem():
+    from shusheng.deploy.engine_process import parse_cpu_list
+
+    assert parse_cpu_list("3") == {3} and parse_cpu_list("0,2") == {0, 2} and parse_cpu_list("0-3,8") == {0, 1, 2, 3, 8}
+    for bad in ("", "a", "3-1", "1,,2", "-2"):
+        with pytest.raises(ValueError, match="bad CPU list"):
+            parse_cpu_list(bad)
+
+
+def test_serve_refuses_bad_engine_cpus_in_one_line(tiny_ckpt, capsys):
+    from shusheng.deploy.cli import main as cli_main
+
+    assert cli_main(["serve", str(tiny_ckpt), "--device", "cpu", "--engine-cpus", "2-1"]) == 2
+    assert capsys.readouterr().err == ("shusheng-deploy: error: bad CPU list '2-1': use ids and ranges such as 3, "
+                                       "0,2 or 12-15\n")
+    assert cli_main(["serve", str(tiny_ckpt), "--device", "cpu", "--engine-cpus", "0", "--engine-in-thread"]) == 2
+    assert "cannot be used with --engine-in-thread" in capsys.readouterr().err

@@ -125,3 +125,45 @@ def test_gpu_split_k_in_a_cuda_graph_replays_right():
         x.copy_(operands(4, 2048, 8192, torch.bfloat16, bias=False, seed=10 + seed)[0])
         graph.replay()
         assert rel_err(out, reference(x, w, None)) < TOL[torch.bfloat16]
+
+
+
+def _decode_chain(x, weights, cfg):
+    """GEMM, RMSNorm, GEMM, SwiGLU, GEMM: the kernels of a decode layer's MLP half, each reading the last's output."""
+    from shusheng.deploy.kernels import rms_norm, silu_mul
+
+    w1, w13, w2, norm_w = weights
+    h = rms_norm(gemv(x, w1, config=cfg), norm_w, 1e-6)
+    return gemv(silu_mul(gemv(h, w13, config=cfg)), w2, config=cfg)
+
+
+@pytest.mark.gpu
+def test_gpu_programmatic_dependent_launch_chain_in_a_graph_equals_plain_launches():
+    """The chain captured with programmatic dependent launch: each kernel starts early, prefetches its weights and
+    waits for the one before. Replays with new inputs must give exactly what plain launches give, for every
+    candidate configuration (a missing wait reads stale data)."""
+    from shusheng.deploy.kernels._triton import set_pdl, use_pdl
+
+    set_pdl(True)
+    try:
+        if not use_pdl(torch.device("cuda")):
+            pytest.skip("programmatic dependent launch needs a Hopper or newer GPU and triton's gdc ops")
+        for M in (1, 4):
+            weights = [operands(M, n, k, torch.bfloat16, bias=False, seed=20 + i)[1]
+                       for i, (n, k) in enumerate([(2048, 2048), (8192, 2048), (2048, 4096)])]
+            weights.append(torch.rand(2048, device="cuda", dtype=torch.bfloat16) + 0.5)
+            for cfg in candidates(M):
+                x = operands(M, 2048, 2048, torch.bfloat16, bias=False, seed=30)[0]
+                _decode_chain(x, weights, cfg)  # compile outside the capture
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    out = _decode_chain(x, weights, cfg)
+                for seed in range(3):
+                    x.copy_(operands(M, 2048, 2048, torch.bfloat16, bias=False, seed=31 + seed)[0])
+                    graph.replay()
+                    set_pdl(False)
+                    want = _decode_chain(x, weights, cfg)
+                    set_pdl(True)
+                    assert torch.equal(out, want), (M, cfg, seed)
+    finally:
+        set_pdl(None)

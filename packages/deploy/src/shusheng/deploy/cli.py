@@ -70,6 +70,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--engine-in-thread", action="store_true",
                    help="run the engine in a thread of the server process instead of its own process "
                         "(less start-up time, more contention under load)")
+    s.add_argument("--engine-cpus", default=None, metavar="LIST",
+                   help="CPUs for the engine's step loop alone, e.g. 15 or 12-15 (the server keeps the others): a "
+                        "step loop that stays on warm cores starts requests sooner")
     _engine_args(s)
     from . import bench_serve, chat_client
 
@@ -157,7 +160,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from shusheng.model.chat import list_templates
 
     from .async_engine import AsyncEngine
-    from .engine_process import ProcessAsyncEngine, freeze_heap
+    from .engine_process import ProcessAsyncEngine, freeze_heap, parse_cpu_list
     from .server import build_app
     from .tensor_parallel import build_engine, check_config
 
@@ -166,6 +169,9 @@ def cmd_serve(a: argparse.Namespace) -> int:
     config = _engine_config(a)
     if config.tensor_parallel_size > 1:
         check_config(config)  # here, before any process starts: a bad degree gets its one-line error
+    engine_cpus = parse_cpu_list(a.engine_cpus) if a.engine_cpus else None
+    if engine_cpus and a.engine_in_thread:
+        raise ValueError("--engine-cpus pins the engine process: it cannot be used with --engine-in-thread")
     # A thread beside the event loop hands the engine's outputs over: the engine thread (which gives up the GIL at
     # every CUDA sync) or the engine process's pipe reader. With the default 5 ms switch interval a busy event loop
     # can keep it waiting that long for the GIL, once or more per decode step: every stream's next chunk waits too.
@@ -174,7 +180,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         engine = AsyncEngine(build_engine(config))
     else:
         try:
-            engine = ProcessAsyncEngine(config)
+            engine = ProcessAsyncEngine(config, engine_cpus=engine_cpus)
         except RuntimeError as e:  # the engine's own start-up error (bad checkpoint, no memory): one line, exit 2
             raise ValueError(str(e).removeprefix("the engine failed to start: ")) from None
     name = a.served_model_name or Path(a.path).resolve().name

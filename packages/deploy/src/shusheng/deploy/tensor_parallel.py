@@ -40,7 +40,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from shusheng.model import ModelConfig
-from shusheng.model.parallel import check_tp
+from shusheng.model.parallel import check_tp, exit_rank
 from shusheng.model.tokenizer import Tokenizer
 
 from .config import EngineConfig
@@ -141,6 +141,7 @@ def _worker_main(config: EngineConfig, tokenizer: Tokenizer | None, rank: int, p
         sys.exit(1)
     engine.runner.release_graphs()  # NCCL's teardown waits until no CUDA graph holds its collectives
     dist.destroy_process_group()  # (not after a failure: with a collective left hanging it could block)
+    exit_rank(0)  # no interpreter teardown: gloo's can abort a finished rank
 
 
 def _serve(engine: LLMEngine, conn) -> None:

@@ -2,6 +2,8 @@
 CPU-only torch their `@triton.jit` kernels are plain functions that are never launched, and the PyTorch references
 beside them still work."""
 
+import os
+
 import torch
 
 try:
@@ -15,6 +17,14 @@ except ImportError:
     HAS_TRITON = False
     triton = SimpleNamespace(jit=lambda fn=None, **_: fn if fn is not None else (lambda f: f))
     tl = SimpleNamespace(constexpr=None)
+
+try:  # grid dependency control (Hopper's programmatic dependent launch), triton >= 3.3
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+    HAS_PDL = True
+except ImportError:
+    HAS_PDL = False
+    gdc_launch_dependents = gdc_wait = None
 
 
 def require_triton(name: str) -> None:
@@ -34,3 +44,44 @@ def kept_buffer(name: str, device: torch.device, numel: int, dtype: torch.dtype,
     if key not in _kept:
         _kept[key] = (torch.zeros if zero else torch.empty)(numel, dtype=dtype, device=device)
     return _kept[key]
+
+
+_pdl_forced: bool | None = None
+_PDL_DEFAULT = os.environ.get("SHUSHENG_PDL", "1") != "0" and os.environ.get("TRITON_INTERPRET") != "1" and HAS_PDL
+_pdl_capable: dict[torch.device, bool] = {}
+
+
+def set_pdl(enabled: bool | None) -> None:
+    """Force programmatic dependent launch on (where the GPU has it) or off; None restores the default (on, unless
+    SHUSHENG_PDL=0). Kernels already captured in a CUDA graph keep the launch mode they were captured with."""
+    global _pdl_forced
+    _pdl_forced = enabled
+
+
+def use_pdl(device: torch.device) -> bool:
+    """Whether the decode kernels on `device` launch with programmatic dependent launch: each kernel's programs
+    start while the previous kernel finishes and wait for it at their start (`pdl_enter`), so the launch and the
+    programs' set-up overlap the previous kernel's tail. Needs a Hopper or newer GPU, a real launch (not Triton's
+    interpreter) and triton's grid dependency control. Called at every launch: a dict lookup once decided."""
+    capable = _pdl_capable.get(device)
+    if capable is None:
+        capable = _pdl_capable[device] = (device.type == "cuda" and HAS_PDL and os.environ.get("TRITON_INTERPRET")
+                                          != "1" and torch.cuda.get_device_capability(device)[0] >= 9)
+    return capable and (_PDL_DEFAULT if _pdl_forced is None else _pdl_forced)
+
+
+def pdl_launch(pdl: bool) -> dict:
+    """The launch keyword of a kernel launched with programmatic dependent launch (none otherwise: the interpreter
+    takes no such keyword)."""
+    return {"launch_pdl": True} if pdl else {}
+
+
+@triton.jit
+def pdl_enter(PDL: tl.constexpr):
+    """Under programmatic dependent launch: wait until the previous kernel has finished and its writes are visible,
+    then let the next kernel's programs start (they wait here in turn, so a kernel never starts before the one two
+    back has finished). Every program of a kernel launched with PDL must pass here before it reads anything an
+    earlier kernel may still be writing, and before it writes anything."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()

@@ -14,6 +14,10 @@ Kernels:
   the end (no tensor cores: they would idle anyway).
 - `_gemv_dot_kernel` (M <= 16): x's rows padded to 16 and `tl.dot` per K-tile (its loads are software-pipelined).
 
+On Hopper and newer the kernels launch with programmatic dependent launch (`_triton.use_pdl`): their programs are
+resident and set up while the previous kernel finishes, and wait for it before touching x (`pdl_enter`). Asking L2
+for the first weight bytes before that wait was measured too and gained nothing (docs/benchmarks.md).
+
 Which kernel and launch configuration serves a (rows, N, K, dtype) is decided once per process by timing every
 candidate, cuBLAS included, as a decode step runs them: inside a CUDA graph, cycling through copies of the weight
 that do not fit in L2 (`time_in_graph`). A shape first met during a CUDA-graph capture uses cuBLAS. The pick is
@@ -26,7 +30,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from shusheng.deploy.kernels._triton import HAS_TRITON, kept_buffer, require_triton, tl, triton
+from shusheng.deploy.kernels._triton import (
+    HAS_TRITON,
+    kept_buffer,
+    pdl_enter,
+    pdl_launch,
+    require_triton,
+    tl,
+    triton,
+    use_pdl,
+)
 
 MAX_ROWS = 16  # x with more rows goes to cuBLAS (F.linear)
 
@@ -58,12 +71,14 @@ def _finish(acc, y_ptr, b_ptr, ws_ptr, cnt_ptr, rm, rn, m_mask, n_mask, stride_y
 
 @triton.jit
 def _gemv_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, K_CHUNK, stride_wn,
-                      HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr):
+                      HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
+                      PDL: tl.constexpr):
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     n_mask = rn < N
     k_lo = tl.program_id(1) * K_CHUNK
     k_hi = tl.minimum(k_lo + K_CHUNK, K)
+    pdl_enter(PDL)
     w_ptrs = w_ptr + rn[:, None].to(tl.int64) * stride_wn + rk[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
@@ -79,13 +94,14 @@ def _gemv_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, K_CHUNK
 @triton.jit(do_not_specialize=["M"])  # 1..16 rows: one binary for all
 def _gemv_dot_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, K_CHUNK, stride_xm, stride_wn, stride_ym,
                      HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr, SPLIT: tl.constexpr):
+                     BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, PDL: tl.constexpr):
     rm = tl.arange(0, BLOCK_M)
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     m_mask, n_mask = rm < M, rn < N
     k_lo = tl.program_id(1) * K_CHUNK
     k_hi = tl.minimum(k_lo + K_CHUNK, K)
+    pdl_enter(PDL)
     x_ptrs = x_ptr + rm[:, None] * stride_xm + rk[None, :]
     w_ptrs = w_ptr + rn[:, None].to(tl.int64) * stride_wn + rk[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
@@ -130,14 +146,15 @@ def _launch(cfg, x, w, b, y):
     else:
         ws = cnt = y
     bias = b if b is not None else w  # never read without HAS_BIAS
+    pdl = use_pdl(x.device)
+    common = dict(HAS_BIAS=b is not None, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split, PDL=pdl, num_warps=warps,
+                  num_stages=stages, **pdl_launch(pdl))
     if variant == "rows":
-        _gemv_rows_kernel[grid](x, w, bias, y, ws, cnt, N, K, k_chunk, w.stride(0), HAS_BIAS=b is not None,
-                                BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split, num_warps=warps, num_stages=stages)
+        _gemv_rows_kernel[grid](x, w, bias, y, ws, cnt, N, K, k_chunk, w.stride(0), **common)
     else:
         precision = "ieee" if x.dtype == torch.float32 else "tf32"  # tf32 only matters for fp32 inputs
         _gemv_dot_kernel[grid](x, w, bias, y, ws, cnt, M, N, K, k_chunk, x.stride(0), w.stride(0), y.stride(0),
-                               HAS_BIAS=b is not None, PRECISION=precision, BLOCK_M=16, BLOCK_N=block_n,
-                               BLOCK_K=block_k, SPLIT=split, num_warps=warps, num_stages=stages)
+                               PRECISION=precision, BLOCK_M=16, **common)
     return y
 
 

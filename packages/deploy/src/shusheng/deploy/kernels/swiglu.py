@@ -12,7 +12,7 @@ Kernel: grid (N, cdiv(F, BLOCK)); program (n, b) handles columns [b * BLOCK, (b 
 
 import torch
 
-from shusheng.deploy.kernels._triton import require_triton, tl, triton
+from shusheng.deploy.kernels._triton import pdl_enter, pdl_launch, require_triton, tl, triton, use_pdl
 
 
 @triton.jit
@@ -23,7 +23,9 @@ def _silu_mul_kernel(
     stride_on,
     F: tl.constexpr,
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    pdl_enter(PDL)
     n = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < F
@@ -64,8 +66,9 @@ def silu_mul(gate_up: torch.Tensor, out: torch.Tensor | None = None) -> torch.Te
     if N == 0:
         return out
     block = min(triton.next_power_of_2(F), 1024)
+    pdl = use_pdl(gate_up.device)
     _silu_mul_kernel[(N, triton.cdiv(F, block))](
-        gu2, out2, gu2.stride(0), out2.stride(0), F=F, BLOCK=block, num_warps=4,
+        gu2, out2, gu2.stride(0), out2.stride(0), F=F, BLOCK=block, PDL=pdl, num_warps=4, **pdl_launch(pdl),
     )
     return out
 
