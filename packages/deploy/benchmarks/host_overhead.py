@@ -27,7 +27,9 @@ the least `host_python`):
     complete         reading a step's samples back: stop checks, outputs (part of bookkeeping)
 
 `--streaming` steps the way a server does (`step()`: an output of every running request every step) and
-`--delta-outputs` makes those outputs deltas, as the server's engine process does (`LLMEngine.delta_outputs`).
+`--delta-outputs` makes those outputs deltas (`LLMEngine.delta_outputs`), and `--wire-outputs` makes them the pipe's
+tuples directly (`LLMEngine.wire_outputs`), as the server's engine process does; the outbox's conversion of
+each output to that tuple (`output_deltas.delta`) is timed in too, so the modes compare like for like.
 `--profile` also prints (to stderr) cProfile's top engine functions over one more window.
 """
 
@@ -48,6 +50,7 @@ import torch
 
 from shusheng.deploy import EngineConfig, LLMEngine, SamplingParams
 from shusheng.deploy.bench import synthetic_tokenizer_file
+from shusheng.deploy.output_deltas import delta
 from shusheng.model import ModelConfig, build_model, load_tokenizer
 
 
@@ -112,11 +115,16 @@ def build_engine(batch: int, max_tokens: int, prompt_len: int, vocab_size: int, 
 
 
 def decode_window(engine: LLMEngine, timers: Timers, steps: int, batch: int, streaming: bool = False) -> dict:
-    """Times `steps` decode steps of `batch` running sequences; µs per sequence per step."""
+    """Times `steps` decode steps of `batch` running sequences; µs per sequence per step. Delta outputs are made
+    into the pipe's tuples as the engine process's outbox makes them (wire outputs already are)."""
     timers.reset()
+    to_wire = engine.delta_outputs and not engine.wire_outputs
     t0 = time.perf_counter()
     for _ in range(steps):
-        if any(out.finished for out in engine.step(final_only=not streaming)):
+        outs = engine.step(final_only=not streaming)
+        if to_wire:
+            outs = [delta(out, False) for out in outs]
+        if any(out[1] if type(out) is tuple else out.finished for out in outs):
             raise RuntimeError("a request finished inside the timed window: raise max_tokens")
     wall = time.perf_counter() - t0
     t = timers.total
@@ -147,12 +155,14 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--streaming", action="store_true", help="step() as a server does: every request's output")
     p.add_argument("--delta-outputs", action="store_true", help="with --streaming: outputs as deltas")
+    p.add_argument("--wire-outputs", action="store_true", help="with --delta-outputs: as the pipe's tuples")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     windows = args.repeats + (1 if args.profile else 0)
     max_tokens = args.warmup + windows * args.steps + 20  # no request finishes inside a timed window
     engine = build_engine(args.batch, max_tokens, args.prompt_len, args.vocab_size, args.seed)
     engine.delta_outputs = args.delta_outputs
+    engine.wire_outputs = args.wire_outputs
     timers = instrument(engine)
     prefill_steps = 0
     while any(s.num_computed < s.num_prompt_tokens for s in engine.scheduler.running) or engine.scheduler.waiting:
@@ -166,7 +176,8 @@ def main() -> int:
     runs = [decode_window(engine, timers, args.steps, args.batch, args.streaming) for _ in range(args.repeats)]
     best = min(runs, key=lambda r: r["host_python"])
     result = {"batch": args.batch, "steps": args.steps, "streaming": args.streaming,
-              "delta_outputs": args.delta_outputs, "repeats": args.repeats, "prefill_steps": prefill_steps,
+              "delta_outputs": args.delta_outputs, "wire_outputs": args.wire_outputs,
+              "repeats": args.repeats, "prefill_steps": prefill_steps,
               "us_per_seq_step": {k: round(v, 3) for k, v in best.items()},
               "host_python_all_repeats": [round(r["host_python"], 3) for r in runs]}
     if args.profile:

@@ -2,7 +2,8 @@
 
 Run on one GPU (issue 4, acceptance item 5: the server adds <= 10% to TTFT and throughput):
     python packages/deploy/benchmarks/serve_overhead.py [--preset internlm2-1.8b] [--rates 2,8,32,inf]
-        [--num-prompts 200] [--max-duration 15] [--input-len 128] [--output-len 128] [--out result.json]
+        [--num-prompts 200] [--max-duration 15] [--input-len 128] [--output-len 128] [--engine-cpus 15]
+        [--out result.json]
 CPU smoke run (tiny preset, fp32, a few short requests; well under a minute):
     python packages/deploy/benchmarks/serve_overhead.py --tiny [--out /tmp/so.json]
 
@@ -41,6 +42,10 @@ with an earlier rate's prompts; warm-up requests (all at once, another seed) run
 (Triton autotuning, allocator; CUDA graphs are captured at engine start on both sides). After each rate the
 script checks, request by request, that the offline engine and the server saw the same prompt token count and
 produced the same number of output tokens (= max_tokens).
+
+With --engine-cpus LIST both step loops get those CPUs alone: offline, the thread that drives the engine is
+pinned to them; online, the server runs with `serve --engine-cpus LIST`, and it and the client processes keep to
+the other CPUs. The comparison then isolates the HTTP layer from where the scheduler happens to put each loop.
 
 With --max-duration, a finite rate sends min(--num-prompts, ceil(rate * max_duration)) requests, so slow rates do
 not dominate the run time; inf sends --num-prompts at once.
@@ -83,6 +88,7 @@ from shusheng.deploy.bench_serve import (
     run_benchmark,
     sample_requests,
 )
+from shusheng.deploy.engine_process import parse_cpu_list, split_cpus
 from shusheng.model import ModelConfig, Transformer, load_tokenizer, save_pretrained
 
 SPECIAL_IDS = (0, 1, 2)  # <unk>, <s>, </s> of bench.synthetic_tokenizer_file
@@ -352,6 +358,9 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--client-processes", type=int, default=None,
                    help="bench-serve client processes (default 4; 1 with --tiny): one Python process parsing ~10^4 "
                         "SSE events per second is itself the bottleneck")
+    p.add_argument("--engine-cpus", default=None, metavar="LIST",
+                   help="the step loop on these CPUs alone on both sides: the offline driver's thread, and the "
+                        "server's engine (serve --engine-cpus); everything else (server, clients) on the others")
     p.add_argument("--out", default=None, help="write all results here as JSON")
     args = p.parse_args(argv)
     defaults = TINY_DEFAULTS if args.tiny else GPU_DEFAULTS
@@ -381,6 +390,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: this benchmark needs a CUDA GPU; --tiny runs a CPU smoke version", file=sys.stderr)
         return 2
     opts = engine_options(args)
+    try:
+        engine_cpus = parse_cpu_list(args.engine_cpus) if args.engine_cpus else None
+        other_cpus = split_cpus(engine_cpus) if engine_cpus else None
+    except ValueError as e:
+        print(f"error: --engine-cpus: {e}", file=sys.stderr)
+        return 2
     server_env = {}
     if opts["device"] == "cpu":  # one torch thread on each side: a small CPU shared with the client stays usable
         torch.set_num_threads(1)
@@ -397,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"device": device_name, "torch": torch.__version__, "preset": args.preset, "engine_options": opts,
               "endpoint": "/v1/completions", "input_len": args.input_len, "output_len": args.output_len,
               "seed": args.seed, "warmup": args.warmup, "limit": args.limit,
-              "client_processes": args.client_processes, "client": args.client, "rates": []}
+              "client_processes": args.client_processes, "client": args.client,
+              "engine_cpus": sorted(engine_cpus) if engine_cpus else None, "rates": []}
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="serve_overhead-") as tmp:
         # a Triton cache of this run's own (the server inherits it): a new entry in it during a measured rate is a
@@ -419,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"offline engine ready in {time.perf_counter() - t0:.1f} s ({engine.runner.num_blocks} KV blocks)",
               flush=True)
         offline = []
+        if engine_cpus:  # this thread drives the engine: the offline counterpart of the server's step loop
+            os.sched_setaffinity(0, engine_cpus)
         with frozen_heap():  # as the server's processes freeze theirs (and bench-serve's client its own)
             if warm:
                 result["offline_warmup"] = {k: v for k, v in run_offline(engine, warm).items() if k != "requests"}
@@ -440,11 +458,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"offline engine freed: {left:.2f} GiB still reserved by this process", flush=True)
 
         # online: one server for every rate
+        if engine_cpus:  # the server starts with every CPU and gives its engine's step loop engine_cpus itself
+            os.sched_setaffinity(0, engine_cpus | other_cpus)
+        flags = server_flags(opts) + (["--engine-cpus", args.engine_cpus] if engine_cpus else [])
         t0 = time.perf_counter()
         log = Path(tmp) / "server.log"
         try:
-            with server(ckpt, server_flags(opts), log, server_env) as url:
+            with server(ckpt, flags, log, server_env) as url:
                 print(f"server ready in {time.perf_counter() - t0:.1f} s at {url}", flush=True)
+                if engine_cpus:  # the client processes (spawned from here) keep off the engine's CPUs
+                    os.sched_setaffinity(0, other_cpus)
                 if warm:
                     w = run_online(warm, url)
                     result["online_warmup"] = {k: v for k, v in _clean(w).items() if k != "requests"}

@@ -80,3 +80,37 @@ def test_an_engine_making_deltas_rebuilds_to_the_snapshots(tiny_ckpt):
             assert rebuilt == out
             compared += 1
     assert compared > 15 and not dlt.has_unfinished() and len(rebuilder) == 0
+
+
+def test_wire_outputs_are_the_tuples_the_outbox_made(tiny_ckpt):
+    """`wire_outputs` (the engine process's mode) makes each step output as `delta`'s tuple directly: the same
+    tuples, step for step, as a delta engine's outputs put through `delta` (metrics aside: two clocks). An abort's
+    final output stays a RequestOutput, which the outbox converts as before."""
+    dlt, wire = (LLMEngine(EngineConfig.from_kwargs(str(tiny_ckpt), device="cpu")) for _ in range(2))
+    dlt.delta_outputs = wire.delta_outputs = wire.wire_outputs = True
+    requests = {
+        "n2": ("hello world", SamplingParams(max_tokens=7, temperature=0.8, seed=1, n=2, logprobs=2)),
+        "echo": ("the cat sat on", SamplingParams(max_tokens=4, temperature=0.0, prompt_logprobs=1, logprobs=0)),
+        "stop": ("a b c d e f", SamplingParams(max_tokens=12, temperature=0.0, stop=["e"], ignore_eos=True)),
+        "aborted": ("x y z", SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True)),
+    }
+    for rid, (prompt, params) in requests.items():
+        for eng in (dlt, wire):
+            eng.add_request(prompt, params, request_id=rid)
+    started, compared, step = set(), 0, 0
+    while dlt.has_unfinished():
+        outs, wouts = dlt.step(), wire.step()
+        assert all(type(w) is tuple for w in wouts)
+        if step == 4:
+            outs.append(dlt.abort("aborted"))
+            aborted = wire.abort("aborted")
+            assert type(aborted) is not tuple and aborted.finished
+            wouts.append(delta(aborted, "aborted" not in started))
+        step += 1
+        for out, w in zip(outs, wouts, strict=True):
+            want = delta(out, out.request_id not in started)
+            started.add(out.request_id)
+            assert w[:3] + w[4:] == want[:3] + want[4:]
+            assert set(w[3]) == {"arrival", "first_token", "now"}
+            compared += 1
+    assert compared > 15 and not wire.has_unfinished()

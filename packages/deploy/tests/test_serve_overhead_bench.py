@@ -2,9 +2,12 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_overhead.py"
 
@@ -39,3 +42,19 @@ def test_tiny_offline_and_online_see_the_same_load(tmp_path):
             assert off["duration_s"] > 0.05 and on["duration_s"] > 0.05
         for v in r["ratios"].values():
             assert v is not None and v > 0 and math.isfinite(v)
+
+
+def test_engine_cpus_pin_both_sides_or_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--engine-cpus", "100000"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "--engine-cpus: engine CPUs [100000] are not among" in proc.stderr
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) < 2:
+        pytest.skip("pinning needs Linux and two or more CPUs")
+    out = tmp_path / "so.json"
+    cmd = [sys.executable, str(SCRIPT), "--tiny", "--rates", "inf", "--num-prompts", "3", "--warmup", "1",
+           "--input-len", "8", "--output-len", "4", "--engine-cpus", str(cpus[-1]), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["engine_cpus"] == [cpus[-1]] and res["all_completed"]

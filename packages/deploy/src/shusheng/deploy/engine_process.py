@@ -95,6 +95,9 @@ class _Outbox:
     def outputs(self, outs: list, stats: dict) -> None:
         slim = []
         for out in outs:
+            if type(out) is tuple:  # already the wire form (`LLMEngine.wire_outputs`)
+                slim.append(out)
+                continue
             first = out.request_id not in self._started
             if out.finished:
                 self._started.discard(out.request_id)
@@ -120,7 +123,7 @@ def parse_cpu_list(text: str) -> set[int]:
     return cpus
 
 
-def _split_cpus(engine_cpus: set[int]) -> set[int]:
+def split_cpus(engine_cpus: set[int]) -> set[int]:
     """The CPUs left to the API process; ValueError if `engine_cpus` are not this process's or leave none."""
     allowed = os.sched_getaffinity(0)
     if not engine_cpus <= allowed:
@@ -149,6 +152,7 @@ def _core_main(config: EngineConfig, conn, engine_cpus: set[int] | None = None) 
             out.send(("failed", f"{type(e).__name__}: {e}"))
             return
         engine.delta_outputs = True  # `_Outbox` ships deltas: let the engine make them without copying its lists
+        engine.wire_outputs = True  # and step() makes them as the pipe's tuples (an abort's final output is not)
         if engine_cpus:  # this (the step loop's) thread only: the sender thread and TP ranks keep the others
             os.sched_setaffinity(0, engine_cpus)
         try:
@@ -211,7 +215,7 @@ class ProcessAsyncEngine(AsyncEngine):
 
     def __init__(self, config: EngineConfig, startup_timeout: float = 900.0, engine_cpus: set[int] | None = None):
         if engine_cpus:
-            os.sched_setaffinity(0, _split_cpus(engine_cpus))  # before any thread or process starts: they inherit
+            os.sched_setaffinity(0, split_cpus(engine_cpus))  # before any thread or process starts: they inherit
         ctx = mp.get_context("spawn")  # a fresh interpreter: CUDA must not be inherited
         self._conn, child = ctx.Pipe(duplex=True)
         # a daemonic process may not start processes: under tensor parallelism the core starts the other ranks, so
@@ -255,7 +259,8 @@ class ProcessAsyncEngine(AsyncEngine):
 
     async def run(self, fn, *args):
         """Run the picklable `fn(engine, *args)` in the engine process and await its result. (That engine makes
-        its step outputs as deltas, `LLMEngine.delta_outputs`: stream requests through `generate`, not `fn`.)"""
+        its step outputs as the pipe's tuples, `LLMEngine.wire_outputs`: stream requests through `generate`, not
+        `fn`.)"""
         future: concurrent.futures.Future = concurrent.futures.Future()
         call_id = next(self._call_ids)
         self._calls[call_id] = future

@@ -116,10 +116,15 @@ class _Request:
     choices: list[_Choice] = field(default_factory=list)
     arrival: float = field(default_factory=time.monotonic)
     first_token: float | None = None
+    emitted: bool = False  # has had an output (wire outputs: the first one carries the prompt's log-probs)
 
     @property
     def finished(self) -> bool:
         return len(self.choices) == self.params.n and all(c.out.finished for c in self.choices)
+
+
+def _choice_index(c: _Choice) -> int:
+    return c.out.index
 
 
 class LLMEngine:
@@ -155,6 +160,9 @@ class LLMEngine:
         # outputs as deltas (`output_deltas`): no prompt, only each choice's new text, ids and their log-probs (the
         # engine process ships nothing else, so the per-step snapshots' O(length) copies would be wasted)
         self.delta_outputs = False
+        # step() returns each output as `output_deltas.delta`'s wire tuple, made directly from the engine's state
+        # (the engine process pipes nothing else: the dataclasses in between would be built to be taken apart)
+        self.wire_outputs = False
 
     @classmethod
     def from_path(cls, path: str, **engine_options) -> LLMEngine:
@@ -333,11 +341,12 @@ class LLMEngine:
                 if not final_only or seq.status is finished:  # final_only: only a finished one can be returned
                     touched.setdefault(req.request_id, []).append(c)
         outputs = []
+        wire = self.wire_outputs
         for rid, cs in touched.items():
             req = self.requests[rid]
             if final_only and not req.finished:
                 continue
-            outputs.append(self._output(req, cs))
+            outputs.append(self._wire_output(req) if wire else self._output(req, cs))
             if req.finished:
                 del self.requests[rid]
         return outputs
@@ -473,6 +482,25 @@ class LLMEngine:
             prompt_logprobs=seq0.prompt_logprobs or None, num_cached_tokens=seq0.num_cached_prompt,
             metrics={"arrival": req.arrival, "first_token": req.first_token, "now": time.monotonic()},
         )
+
+    def _wire_output(self, req: _Request) -> tuple:
+        """What `output_deltas.delta(self._output(req, ...), first)` makes of a delta output, made directly (see
+        `wire_outputs`): the request's id, whether it finished, its cached prompt tokens, metrics, the prompt's
+        log-probs (its first output only) and per choice (index, new text, new ids, their log-probs, finish
+        reason, stop reason)."""
+        choices, done = [], 0
+        for c in sorted(req.choices, key=_choice_index) if len(req.choices) > 1 else req.choices:
+            o = c.out
+            new, end = o.delta_token_ids, len(o.token_ids)
+            logprobs = None if o.logprobs is None else o.logprobs[end - len(new) : end]
+            choices.append((o.index, o.delta_text, new, logprobs, o.finish_reason, o.stop_reason))
+            done += o.finish_reason is not None
+            o.delta_text, o.delta_token_ids = "", []
+        seq0 = req.choices[0].seq
+        first, req.emitted = not req.emitted, True
+        return (req.request_id, done == len(choices) == req.params.n, seq0.num_cached_prompt,
+                {"arrival": req.arrival, "first_token": req.first_token, "now": time.monotonic()},
+                (seq0.prompt_logprobs or None) if first else None, choices)
 
     def embed(self, prompts: list[str | list[int]]) -> torch.Tensor:
         """Embeddings: the mean of the final normalized hidden states over each prompt, L2-normalized.

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -52,12 +53,22 @@ def sampling_params(req, max_tokens: int | None, **kw) -> SamplingParams:
         raise APIError(400, str(e)) from None
 
 
+# request ids: this server's random prefix and a counter (uuid4 reads the OS's entropy source for every request:
+# 80 us per call on a small VM, more than the rest of starting a request but the tokenizer)
+_ID_PREFIX = secrets.token_hex(8)
+_ids = itertools.count()
+
+
+def _request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ids):016x}"
+
+
 def start(state: ServerState, prompt, params: SamplingParams) -> RequestStream:
     if state.engine.num_unfinished >= state.max_queue:
         raise APIError(503, f"the server is at capacity ({state.max_queue} requests in flight); retry later",
                        type="server_overloaded")
     try:
-        return state.engine.add_request(prompt, params, request_id=uuid.uuid4().hex)
+        return state.engine.add_request(prompt, params, request_id=_request_id())
     except ValueError as e:
         raise APIError(400, str(e)) from None
 
