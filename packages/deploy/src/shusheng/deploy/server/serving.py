@@ -16,6 +16,7 @@ from ..outputs import RequestOutput
 from ..sampling_params import SamplingParams
 from .metrics import Metrics
 from .protocol import ChatCompletionRequest, CompletionRequest
+from .sse import Chunks, sse
 from .tool_parser import ToolStreamParser
 
 
@@ -100,8 +101,7 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def _sse(obj) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+_sse = sse
 
 
 def _count(state: ServerState, out: RequestOutput | None) -> None:
@@ -204,7 +204,11 @@ def chat_stream(state: ServerState, req: ChatCompletionRequest) -> AsyncIterator
     tokenizer = state.engine.engine.tokenizer
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
+    chunks = Chunks(rid, "chat.completion.chunk", created, state.model_name)
+
     def chunk(index, delta, finish=None, logprobs=None):
+        if logprobs is None and delta.keys() <= {"content"}:  # the common chunk: made without json.dumps
+            return chunks.content(index, delta.get("content", ""), finish)
         return _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": state.model_name,
                      "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]})
 
@@ -333,12 +337,10 @@ def completion_stream(state: ServerState, req: CompletionRequest) -> AsyncIterat
     tokenizer = state.engine.engine.tokenizer
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
+    chunks = Chunks(rid, "text_completion", created, state.model_name)
+
     async def merged():
-        """(prompt index, output) of every prompt's stream as they come; one prompt needs no fan-in task."""
-        if len(streams) == 1:
-            async for out in outputs(state, streams[0]):
-                yield 0, out
-            return
+        """(prompt index, output) of every prompt's stream as they come (several prompts: a task each)."""
         queue: asyncio.Queue = asyncio.Queue()
 
         async def pump(i, stream):
@@ -361,25 +363,33 @@ def completion_stream(state: ServerState, req: CompletionRequest) -> AsyncIterat
             for t in tasks:
                 t.cancel()
 
+    def render(i: int, out: RequestOutput, usage: list[int]) -> list[str]:
+        sent = []
+        for c in out.outputs:
+            text = c.delta_text
+            if req.echo and len(c.token_ids) == len(c.delta_token_ids) and c.delta_token_ids:
+                text = (out.prompt if out.prompt is not None else tokenizer.decode(out.prompt_token_ids)) + (
+                    "" if zero else text)
+            elif zero:
+                text = ""
+            if text or c.finished:
+                sent.append(chunks.text(i * req.n + c.index, text, "length" if zero else c.finish_reason))
+        if out.finished:
+            _count(state, out)
+            usage[0] += len(out.prompt_token_ids)
+            usage[1] += 0 if zero else sum(len(c.token_ids) for c in out.outputs)
+        return sent
+
     async def gen():
         usage = [0, 0]
-        async for i, out in merged():
-            for c in out.outputs:
-                text = c.delta_text
-                if req.echo and len(c.token_ids) == len(c.delta_token_ids) and c.delta_token_ids:
-                    text = (out.prompt if out.prompt is not None else tokenizer.decode(out.prompt_token_ids)) + (
-                        "" if zero else text)
-                elif zero:
-                    text = ""
-                if text or c.finished:
-                    yield _sse({"id": rid, "object": "text_completion", "created": created,
-                                "model": state.model_name,
-                                "choices": [{"index": i * req.n + c.index, "text": text, "logprobs": None,
-                                             "finish_reason": ("length" if zero else c.finish_reason)}]})
-            if out.finished:
-                _count(state, out)
-                usage[0] += len(out.prompt_token_ids)
-                usage[1] += 0 if zero else sum(len(c.token_ids) for c in out.outputs)
+        if len(streams) == 1:  # one prompt: its outputs straight from its stream (no fan-in layer per chunk)
+            async for out in outputs(state, streams[0]):
+                for s in render(0, out, usage):
+                    yield s
+        else:
+            async for i, out in merged():
+                for s in render(i, out, usage):
+                    yield s
         if include_usage:
             yield _sse({"id": rid, "object": "text_completion", "created": created, "model": state.model_name,
                         "choices": [], "usage": _usage(*usage)})
