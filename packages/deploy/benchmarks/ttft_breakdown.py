@@ -214,6 +214,15 @@ def install_hooks() -> None:
         return sse(obj)
 
     serving._sse = sse_stamp
+    def stamped(make):  # the common chunks are made without _sse (server/sse.py)
+        def chunk_stamp(self, index, text, finish_reason):
+            t = _trace.get(None)
+            if t is not None and "sse" not in t and text:
+                t["sse"] = time.monotonic()
+            return make(self, index, text, finish_reason)
+        return chunk_stamp
+
+    serving.Chunks.text, serving.Chunks.content = stamped(serving.Chunks.text), stamped(serving.Chunks.content)
     if cpus := os.environ.get("TTFT_ENGINE_CPUS"):  # --pin: the engine process on cores of its own
         init = engine_process.ProcessAsyncEngine.__init__
 
