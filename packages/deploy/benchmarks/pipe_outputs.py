@@ -1,7 +1,7 @@
 """What shipping a step's outputs from the engine process to the API process costs, per output (CPU).
 
     PYTHONPATH=packages/model/src:packages/deploy/src python packages/deploy/benchmarks/pipe_outputs.py \
-        [--batch 256] [--steps 100] [--repeats 3]
+        [--batch 256] [--steps 100] [--repeats 3] [--start-len 1000]
 
 With the engine in its own process (`engine_process`), every step's outputs cross a pipe: the engine process turns
 each into a delta (`output_deltas.delta`) and pickles the step's list; the API process unpickles it and rebuilds
@@ -51,22 +51,28 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--start-len", type=int, default=0,
+                   help="untimed decode steps first, so the timed outputs are this many tokens long (long streams)")
     args = p.parse_args()
     if args.batch < 1 or args.steps < 1 or args.repeats < 1:
         print("error: --batch, --steps and --repeats must be at least 1", file=sys.stderr)
         return 2
-    max_tokens = 20 + args.steps * args.repeats + 10
+    if args.start_len < 0:
+        print("error: --start-len must be >= 0", file=sys.stderr)
+        return 2
+    max_tokens = 20 + args.start_len + args.steps * args.repeats + 10
     engine = build_engine(args.batch, max_tokens, 100, 1000, seed=0)  # its requests are queued already
     engine.delta_outputs = True
     rebuilder, started = OutputRebuilder(), set()
     for seq in engine.scheduler.waiting:
         rebuilder.add(seq.request_id, None, seq.token_ids[: seq.num_prompt_tokens])
-    window(engine, rebuilder, started, 20)  # prefill and warm-up
+    window(engine, rebuilder, started, 20 + args.start_len)  # prefill, warm-up and --start-len
     gc.collect()
     gc.freeze()
     runs = [window(engine, rebuilder, started, args.steps) for _ in range(args.repeats)]
     best = min(runs, key=lambda r: r["engine_side_us"] + r["api_side_us"])
-    print(json.dumps({"batch": args.batch, "steps": args.steps, **{k: round(v, 3) for k, v in best.items()},
+    print(json.dumps({"batch": args.batch, "steps": args.steps, "start_len": args.start_len,
+                      **{k: round(v, 3) for k, v in best.items()},
                       "all": runs}))
     gc.unfreeze()
     return 0

@@ -3,6 +3,8 @@
 import copy
 import pickle
 
+import pytest
+
 from shusheng.deploy import EngineConfig, LLMEngine, SamplingParams
 from shusheng.deploy.output_deltas import OutputRebuilder, delta
 
@@ -114,3 +116,18 @@ def test_wire_outputs_are_the_tuples_the_outbox_made(tiny_ckpt):
             assert set(w[3]) == {"arrival", "first_token", "now"}
             compared += 1
     assert compared > 15 and not wire.has_unfinished()
+
+
+def test_a_prefix_view_stays_the_snapshot_it_was():
+    from shusheng.deploy.output_deltas import Prefix
+
+    items = [10, 11, 12]
+    view = Prefix(items, 3)
+    items.extend([13, 14])  # later deltas extend the list, not the view
+    assert len(view) == 3 and list(view) == [10, 11, 12] and view == [10, 11, 12] and [10, 11, 12] == view
+    assert view[-1] == 12 and view[0] == 10 and view[1:] == [11, 12] and view[-2:] == [11, 12] and view[5:] == []
+    assert view != [10, 11, 12, 13] and view == Prefix(items, 3) and bool(Prefix(items, 0)) is False
+    for bad in (3, -4):
+        with pytest.raises(IndexError):
+            view[bad]
+    assert repr(view) == "[10, 11, 12]"

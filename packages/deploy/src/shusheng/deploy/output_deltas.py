@@ -9,6 +9,8 @@ request's prompt and appends the deltas, and hands out outputs equal to the engi
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .outputs import CompletionOutput, RequestOutput
@@ -40,6 +42,38 @@ def delta(out: RequestOutput, first: bool) -> tuple:
 
 def _wire(c: CompletionOutput) -> tuple:
     return c.index, c.delta_text, c.delta_token_ids, c.logprobs, c.finish_reason, c.stop_reason
+
+
+class Prefix(Sequence):
+    """The first `n` items of a list that only grows: a running output's snapshot of its token ids or log-probs
+    without a copy. Copying them every step cost O(length) per request per step (a long stream O(length^2)); the
+    list grows only past `n`, so the view stays what it was when it was made."""
+
+    __slots__ = ("_items", "_n")
+
+    def __init__(self, items: list, n: int):
+        self._items, self._n = items, n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self._items[slice(*i.indices(self._n))]
+        if not -self._n <= i < self._n:
+            raise IndexError("Prefix index out of range")
+        return self._items[i % self._n]
+
+    def __iter__(self):
+        return itertools.islice(self._items, self._n)
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (list, Prefix)):
+            return len(other) == self._n and all(a == b for a, b in zip(self, other, strict=False))
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return repr(list(self))
 
 
 @dataclass
@@ -85,11 +119,12 @@ class OutputRebuilder:
             acc.token_ids.extend(delta_ids)
             if logprobs is not None:
                 acc.logprobs.extend(logprobs)
-            # a finished request hands over its lists; a running one copies (later deltas extend them)
+            # a finished request hands over its lists; a running one a view of them as they are (later deltas
+            # extend them)
             outs.append(CompletionOutput(
-                index, acc.text, acc.token_ids if finished else list(acc.token_ids),
-                acc.logprobs if finished or acc.logprobs is None else list(acc.logprobs), finish_reason,
-                stop_reason, delta_text, delta_ids))
+                index, acc.text, acc.token_ids if finished else Prefix(acc.token_ids, len(acc.token_ids)),
+                acc.logprobs if finished or acc.logprobs is None else Prefix(acc.logprobs, len(acc.logprobs)),
+                finish_reason, stop_reason, delta_text, delta_ids))
         if finished:
             del self._requests[request_id]
         return RequestOutput(request_id, req.prompt, req.prompt_token_ids, outs, finished, req.prompt_logprobs,
