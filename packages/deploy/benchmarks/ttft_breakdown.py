@@ -36,9 +36,10 @@ Stamps are `time.monotonic()` in every process (CLOCK_MONOTONIC is system-wide o
 Output: mean and p50 of each gap in ms, TTFT and TPOT as bench-serve computes them, online and offline; the
 garbage collections of every process while the timed requests ran and what a full one costs; the engine loop:
 step() time by the number of outputs it returned and the gap between steps (the loop's own work). --out writes
-every stamp as JSON. With --pin the engine (offline, or the server's engine process) runs alone on the last core,
-its hyperthread siblings left idle, and the server and client on the others: whether sharing a core slows the
-engine's CPU-bound steps. On a small CPU the numbers move by ~10% from run to run; compare several.
+every stamp as JSON. With --pin the engine runs alone on the last core (offline: this process's thread; online: the
+server's step loop, through `serve --engine-cpus`), the server on the other cores and the client also off the
+engine core's hyperthread siblings: whether where the step loop runs slows the engine's CPU-bound steps. On a
+small CPU the numbers move by ~10% from run to run; compare several.
 """
 
 from __future__ import annotations
@@ -223,14 +224,6 @@ def install_hooks() -> None:
         return chunk_stamp
 
     serving.Chunks.text, serving.Chunks.content = stamped(serving.Chunks.text), stamped(serving.Chunks.content)
-    if cpus := os.environ.get("TTFT_ENGINE_CPUS"):  # --pin: the engine process on cores of its own
-        init = engine_process.ProcessAsyncEngine.__init__
-
-        def pinned_init(self, *a, **kw):
-            init(self, *a, **kw)
-            os.sched_setaffinity(self._proc.pid, {int(c) for c in cpus.split(",")})
-
-        engine_process.ProcessAsyncEngine.__init__ = pinned_init
     build_app = server_pkg.build_app
     server_pkg.build_app = lambda *a, **kw: _Probe(build_app(*a, **kw))
 
@@ -433,8 +426,9 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--engine-in-thread", action="store_true", help="serve with the engine in a server thread")
     p.add_argument("--no-offline", action="store_true", help="skip the in-process engine run")
     p.add_argument("--pin", action="store_true",
-                   help="the engine (process or offline) alone on the last core (its hyperthread siblings left "
-                        "idle), server and client on the others")
+                   help="the engine (offline, or the server's step loop through serve --engine-cpus) alone on the "
+                        "last core, the server and the client on the others (the client off its hyperthread "
+                        "siblings too)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--max-num-seqs", type=int, default=256)
@@ -473,7 +467,6 @@ def main(argv: list[str] | None = None) -> int:
         siblings = Path(f"/sys/devices/system/cpu/cpu{cpus[-1]}/topology/thread_siblings_list")
         near = {int(c) for c in siblings.read_text().replace("-", ",").split(",")} if siblings.exists() else set()
         last, rest = {cpus[-1]}, set(cpus) - near - {cpus[-1]} or set(cpus[:-1]) or {cpus[-1]}
-        env["TTFT_ENGINE_CPUS"] = str(cpus[-1])
 
     def workload(n: int, seed: int) -> BenchServeConfig:
         return BenchServeConfig("http://127.0.0.1:1", endpoint="completions", num_prompts=n,
@@ -505,13 +498,16 @@ def main(argv: list[str] | None = None) -> int:
             gc.collect()  # the engine's reference cycles hold its KV pool, which the server needs
             if args.device == "cuda":
                 torch.cuda.empty_cache()
-        if args.pin:
-            os.sched_setaffinity(0, rest)  # the server (and its engine process, until pinned) inherits this
+        if args.pin:  # the server starts with every CPU and pins its engine's step loop itself (--engine-cpus)
+            os.sched_setaffinity(0, set(cpus))
         flags = server_flags(opts) + (["--engine-in-thread"] if args.engine_in_thread else [])
+        flags += ["--engine-cpus", str(cpus[-1])] if args.pin and not args.engine_in_thread else []
         launcher = [sys.executable, str(Path(__file__).resolve()), "_serve"]
         with server(ckpt, flags, Path(tmp) / "server.log", env, launcher=launcher) as url:
             import httpx
 
+            if args.pin:  # the client keeps off the engine's core and its siblings
+                os.sched_setaffinity(0, rest)
             asyncio.run(run_client(url, warm, args.client))
             httpx.get(url + "/probe")
             with frozen_heap():  # as bench-serve's run_benchmark does

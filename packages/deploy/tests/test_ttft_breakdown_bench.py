@@ -1,9 +1,12 @@
 """benchmarks/ttft_breakdown.py --tiny on CPU: every stage of every request is stamped, in order, in every process."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ttft_breakdown.py"
 
@@ -30,3 +33,15 @@ def test_tiny_stamps_every_stage_in_order(tmp_path):
     full = res["full_gc_ms"]
     assert full["api"] < full["client"] / 5 and full["engine"] < full["client"] / 5
     assert res["steps"] and res["offline_steps"]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="pinning needs Linux and two or more CPUs")
+def test_pin_runs_the_server_with_engine_cpus(tmp_path):
+    out = tmp_path / "tb.json"
+    cmd = [sys.executable, str(SCRIPT), "--tiny", "--pin", "--no-offline", "--requests", "2", "--warmup", "1",
+           "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "engine process, pinned" in proc.stdout
+    assert all("client_first" in t and "sse" in t for t in json.loads(out.read_text())["online"])
