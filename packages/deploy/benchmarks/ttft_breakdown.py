@@ -206,7 +206,7 @@ def install_hooks() -> None:
         put_nowait(self, item)
 
     async_engine.RequestStream.put_nowait = put
-    sse = serving._sse
+    sse = serving.sse
 
     def sse_stamp(obj):
         t = _trace.get(None)
@@ -214,8 +214,9 @@ def install_hooks() -> None:
             t["sse"] = time.monotonic()
         return sse(obj)
 
-    serving._sse = sse_stamp
-    def stamped(make):  # the common chunks are made without _sse (server/sse.py)
+    serving.sse = sse_stamp
+
+    def stamped(make):  # the common chunks are made without sse() (server/sse.py)
         def chunk_stamp(self, index, text, finish_reason):
             t = _trace.get(None)
             if t is not None and "sse" not in t and text:

@@ -78,7 +78,6 @@ class _Outbox:
     def __init__(self, conn):
         self._conn = conn
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._started: set[str] = set()  # requests that have had an output (the first one carries more)
         self._thread = threading.Thread(target=self._write, name="shusheng-engine-sender", daemon=True)
         self._thread.start()
 
@@ -93,18 +92,9 @@ class _Outbox:
         self._queue.put(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
 
     def outputs(self, outs: list, stats: dict) -> None:
-        slim = []
-        for out in outs:
-            if type(out) is tuple:  # already the wire form (`LLMEngine.wire_outputs`)
-                slim.append(out)
-                continue
-            first = out.request_id not in self._started
-            if out.finished:
-                self._started.discard(out.request_id)
-            elif first:
-                self._started.add(out.request_id)
-            slim.append(delta(out, first))
-        self.send(("outputs", slim, stats))
+        """Step outputs come in the pipe's form already (`LLMEngine.wire_outputs`); an abort's final output is a
+        RequestOutput, sent whole (its prompt log-probs again, which the rebuilder just keeps)."""
+        self.send(("outputs", [out if type(out) is tuple else delta(out, True) for out in outs], stats))
 
     def close(self) -> None:
         """Writes out everything queued, then stops the sender."""

@@ -20,7 +20,7 @@ from .block_manager import BlockManager
 from .config import EngineConfig
 from .launched_step import HostSamples, LaunchedStep, needs_host_tokens
 from .model_runner import Feed, ModelRunner, StepLogits, to_device
-from .output_deltas import choice_delta
+from .output_deltas import choice_delta, wire_choice
 from .outputs import CompletionOutput, RequestOutput
 from .sampler import Sampler, SamplerOutput, SamplingTensors, make_generator, prompt_logprobs
 from .sampling_params import SamplingParams
@@ -491,9 +491,7 @@ class LLMEngine:
         choices, done = [], 0
         for c in sorted(req.choices, key=_choice_index) if len(req.choices) > 1 else req.choices:
             o = c.out
-            new, end = o.delta_token_ids, len(o.token_ids)
-            logprobs = None if o.logprobs is None else o.logprobs[end - len(new) : end]
-            choices.append((o.index, o.delta_text, new, logprobs, o.finish_reason, o.stop_reason))
+            choices.append(wire_choice(o))
             done += o.finish_reason is not None
             o.delta_text, o.delta_token_ids = "", []
         seq0 = req.choices[0].seq

@@ -19,10 +19,8 @@ from .outputs import CompletionOutput, RequestOutput
 def choice_delta(c: CompletionOutput) -> CompletionOutput:
     """What of choice `c` is new since its previous output: the new text and ids, and the log-probs of those ids.
     `c` is a snapshot, or the engine's own live output (`LLMEngine.delta_outputs`), read before it grows."""
-    end = len(c.token_ids)  # the new ids are the last of the snapshot (its logprobs list may run ahead of it)
-    new_logprobs = None if c.logprobs is None else c.logprobs[end - len(c.delta_token_ids) : end]
-    return CompletionOutput(c.index, "", [], new_logprobs, c.finish_reason, c.stop_reason, c.delta_text,
-                            c.delta_token_ids)
+    index, text, ids, logprobs, finish_reason, stop_reason = wire_choice(c)
+    return CompletionOutput(index, "", [], logprobs, finish_reason, stop_reason, text, ids)
 
 
 def delta(out: RequestOutput, first: bool) -> tuple:
@@ -33,15 +31,21 @@ def delta(out: RequestOutput, first: bool) -> tuple:
     a delta has no prompt ids), of which only the first keeps the prompt's log-probs. `OutputRebuilder.rebuild`
     takes the tuple."""
     if out.prompt_token_ids:  # a snapshot: cut the new part out
-        choices = [_wire(choice_delta(c)) for c in out.outputs]
+        choices = [wire_choice(c) for c in out.outputs]
     else:
-        choices = [_wire(c) for c in out.outputs]
+        choices = [(c.index, c.delta_text, c.delta_token_ids, c.logprobs, c.finish_reason, c.stop_reason)
+                   for c in out.outputs]
     return (out.request_id, out.finished, out.num_cached_tokens, out.metrics,
             out.prompt_logprobs if first else None, choices)
 
 
-def _wire(c: CompletionOutput) -> tuple:
-    return c.index, c.delta_text, c.delta_token_ids, c.logprobs, c.finish_reason, c.stop_reason
+def wire_choice(c: CompletionOutput) -> tuple:
+    """What of choice `c` (a snapshot, or the engine's own live output) is new, as the pipe's tuple: `choice_delta`
+    without the dataclass."""
+    # the new ids are the last of the snapshot (its logprobs list may run ahead of it)
+    new, end = c.delta_token_ids, len(c.token_ids)
+    return (c.index, c.delta_text, new, None if c.logprobs is None else c.logprobs[end - len(new) : end],
+            c.finish_reason, c.stop_reason)
 
 
 class Prefix(Sequence):

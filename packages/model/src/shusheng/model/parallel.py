@@ -182,7 +182,6 @@ def apply_fsdp(
     return model
 
 
-
 def exit_rank(code: int) -> NoReturn:
     """End this rank of a multi-process job at once, after its process group is destroyed: flush stdout and stderr,
     then leave without the interpreter's own teardown.

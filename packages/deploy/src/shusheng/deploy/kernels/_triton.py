@@ -47,7 +47,7 @@ def kept_buffer(name: str, device: torch.device, numel: int, dtype: torch.dtype,
 
 
 _pdl_forced: bool | None = None
-_PDL_DEFAULT = os.environ.get("SHUSHENG_PDL", "1") != "0" and os.environ.get("TRITON_INTERPRET") != "1" and HAS_PDL
+_PDL_DEFAULT = os.environ.get("SHUSHENG_PDL", "1") != "0"
 _pdl_capable: dict[torch.device, bool] = {}
 
 

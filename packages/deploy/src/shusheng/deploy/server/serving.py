@@ -101,8 +101,6 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-_sse = sse
-
 
 def _count(state: ServerState, out: RequestOutput | None) -> None:
     if out is None:  # the stream ended without any output (the engine failed; the error reached the client)
@@ -209,7 +207,7 @@ def chat_stream(state: ServerState, req: ChatCompletionRequest) -> AsyncIterator
     def chunk(index, delta, finish=None, logprobs=None):
         if logprobs is None and delta.keys() <= {"content"}:  # the common chunk: made without json.dumps
             return chunks.content(index, delta.get("content", ""), finish)
-        return _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": state.model_name,
+        return sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": state.model_name,
                      "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]})
 
     async def gen():
@@ -244,7 +242,7 @@ def chat_stream(state: ServerState, req: ChatCompletionRequest) -> AsyncIterator
                     yield chunk(c.index, delta, finish, lp)
         _count(state, final)
         if include_usage:
-            yield _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": state.model_name,
+            yield sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": state.model_name,
                         "choices": [], "usage": _usage(len(final.prompt_token_ids),
                                                        sum(len(c.token_ids) for c in final.outputs))})
         yield "data: [DONE]\n\n"
@@ -391,7 +389,7 @@ def completion_stream(state: ServerState, req: CompletionRequest) -> AsyncIterat
                 for s in render(i, out, usage):
                     yield s
         if include_usage:
-            yield _sse({"id": rid, "object": "text_completion", "created": created, "model": state.model_name,
+            yield sse({"id": rid, "object": "text_completion", "created": created, "model": state.model_name,
                         "choices": [], "usage": _usage(*usage)})
         yield "data: [DONE]\n\n"
 
