@@ -23,15 +23,14 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import random_model  # noqa: E402
+from throughput import decode_step_time, random_model  # noqa: E402
 
-from shusheng.deploy import EngineConfig, LLMEngine, SamplingParams  # noqa: E402
+from shusheng.deploy import EngineConfig, LLMEngine  # noqa: E402
 from shusheng.deploy.bench import Workload, measure_ceilings, roofline, synthetic_tokenizer_file  # noqa: E402
 from shusheng.deploy.kernels._triton import set_pdl  # noqa: E402
 from shusheng.model import ModelConfig, load_tokenizer  # noqa: E402
@@ -39,21 +38,6 @@ from shusheng.model import ModelConfig, load_tokenizer  # noqa: E402
 gemv = importlib.import_module("shusheng.deploy.kernels.gemv")  # (the package exports a function of that name)
 
 VARIANTS = {"plain": False, "pdl": True}
-
-
-def step_time(engine: LLMEngine, batch: int, prompt_len: int = 128, new_tokens: int = 256) -> float:
-    """Seconds per decode step of `batch` requests decoding together."""
-    prompts = [list(range(3 + i, 3 + i + prompt_len)) for i in range(batch)]
-
-    def whole(n: int) -> float:
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        engine.generate(prompts, SamplingParams(max_tokens=n, ignore_eos=True, temperature=0.0))
-        torch.cuda.synchronize()
-        return time.perf_counter() - t0
-
-    half = new_tokens // 2
-    return min(whole(new_tokens) - whole(half) for _ in range(2)) / (new_tokens - half)
 
 
 def use(engine: LLMEngine, variant: str) -> None:
@@ -70,16 +54,16 @@ def bench_preset(name: str, batches: list[int], rounds: int) -> dict:
     engine = LLMEngine(EngineConfig(model=name, device="cuda", max_model_len=1024, max_num_seqs=max(batches),
                                     gpu_memory_utilization=0.9), tokenizer=tok, model=model)
     for b in batches:  # warm-up: every kernel configuration and context length of the measured runs
-        step_time(engine, b)
+        decode_step_time(engine, b, warmup=False)
     picks = [cfg_[0] for cfg_ in gemv._picked.values()]
     times: dict[str, dict[int, list[float]]] = {v: {b: [] for b in batches} for v in VARIANTS}
     for r in range(rounds):
         order = list(VARIANTS) if r % 2 == 0 else list(reversed(VARIANTS))
         for v in order:
             use(engine, v)
-            step_time(engine, 1, new_tokens=32)  # the new graphs' first replays
+            decode_step_time(engine, 1, new_tokens=32, warmup=False)  # the new graphs' first replays
             for b in batches:
-                times[v][b].append(step_time(engine, b))
+                times[v][b].append(decode_step_time(engine, b, warmup=False))
     set_pdl(None)
     ceilings = measure_ceilings()
     floor_ms = roofline(cfg, Workload(8, (128, 128), (256, 256)).sample(cfg.vocab_size), ceilings,

@@ -72,22 +72,30 @@ def hf_generate(model: Transformer, cfg: ModelConfig, requests, batch_sizes, new
     return {"by_batch_size": rows, "best_output_tokens_per_s": best[0], "best_batch_size": best[1]}
 
 
-def batch1_latency(engine: LLMEngine, prompt_len: int = 128, new_tokens: int = 256) -> float:
-    """Seconds per output token of one request in decode: (T(new_tokens) - T(new_tokens / 2)) / (new_tokens / 2),
-    with T(n) the wall time of a whole request making n tokens, so the prefill and any start or drain cost of the
-    step pipeline cancel out."""
+def decode_step_time(engine: LLMEngine, batch: int = 1, prompt_len: int = 128, new_tokens: int = 256,
+                     warmup: bool = True) -> float:
+    """Seconds per decode step of `batch` requests decoding together: (T(new_tokens) - T(new_tokens / 2)) /
+    (new_tokens / 2), with T(n) the wall time of the whole batch making n tokens each, so the prefill and any start
+    or drain cost of the step pipeline cancel out. `warmup`: one untimed run first (every context length and kernel
+    configuration of the measured runs)."""
+    prompts = [list(range(3 + i, 3 + i + prompt_len)) for i in range(batch)]
 
     def whole(n: int) -> float:
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        engine.generate([list(range(3, 3 + prompt_len))], SamplingParams(max_tokens=n, ignore_eos=True,
-                                                                          temperature=0.0))
+        engine.generate(prompts, SamplingParams(max_tokens=n, ignore_eos=True, temperature=0.0))
         torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    whole(new_tokens)  # warm-up: every context length and kernel configuration of the measured runs
+    if warmup:
+        whole(new_tokens)
     half = new_tokens // 2
     return min(whole(new_tokens) - whole(half) for _ in range(2)) / (new_tokens - half)
+
+
+def batch1_latency(engine: LLMEngine, prompt_len: int = 128, new_tokens: int = 256) -> float:
+    """Seconds per output token of one request in decode (`decode_step_time` at batch 1)."""
+    return decode_step_time(engine, 1, prompt_len, new_tokens)
 
 
 def bench_preset(name: str, args) -> dict:
