@@ -96,7 +96,8 @@ def instrument(engine: LLMEngine) -> Timers:
     return timers
 
 
-def build_engine(batch: int, max_tokens: int, prompt_len: int, vocab_size: int, seed: int) -> LLMEngine:
+def build_engine(batch: int, max_tokens: int, prompt_len: int, vocab_size: int, seed: int,
+                 delta_outputs: bool = False, wire_outputs: bool = False) -> LLMEngine:
     cfg = ModelConfig.from_name("tiny", vocab_size=vocab_size, num_layers=1, hidden_size=64, num_heads=4,
                                 num_kv_heads=2, max_position_embeddings=2 * (prompt_len + max_tokens))
     model = build_model(cfg, dtype=torch.float32, seed=seed)
@@ -106,6 +107,7 @@ def build_engine(batch: int, max_tokens: int, prompt_len: int, vocab_size: int, 
     config = EngineConfig(model="tiny", device="cpu", max_num_seqs=batch, num_kv_blocks=batch * blocks_per_seq + 16,
                           seed=seed)
     engine = LLMEngine(config, tokenizer=tok, model=model)
+    engine.delta_outputs, engine.wire_outputs = delta_outputs, wire_outputs  # before the requests: they read it
     rng = random.Random(seed)
     params = SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0.0)
     for _ in range(batch):
@@ -160,9 +162,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     windows = args.repeats + (1 if args.profile else 0)
     max_tokens = args.warmup + windows * args.steps + 20  # no request finishes inside a timed window
-    engine = build_engine(args.batch, max_tokens, args.prompt_len, args.vocab_size, args.seed)
-    engine.delta_outputs = args.delta_outputs
-    engine.wire_outputs = args.wire_outputs
+    engine = build_engine(args.batch, max_tokens, args.prompt_len, args.vocab_size, args.seed, args.delta_outputs,
+                          args.wire_outputs)
     timers = instrument(engine)
     prefill_steps = 0
     while any(s.num_computed < s.num_prompt_tokens for s in engine.scheduler.running) or engine.scheduler.waiting:

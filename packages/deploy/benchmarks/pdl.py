@@ -37,16 +37,20 @@ from shusheng.model import ModelConfig, load_tokenizer  # noqa: E402
 
 gemv = importlib.import_module("shusheng.deploy.kernels.gemv")  # (the package exports a function of that name)
 
-VARIANTS = {"plain": False, "pdl": True}
+# variant -> what sets it up (before the graphs are captured again); the first is the baseline
+VARIANTS = {"plain": lambda: set_pdl(False), "pdl": lambda: set_pdl(True)}
 
 
-def use(engine: LLMEngine, variant: str) -> None:
-    set_pdl(VARIANTS[variant])
+def use(engine: LLMEngine, setup) -> None:
+    setup()
     engine.runner.release_graphs()
     engine.runner._capture_graphs()
 
 
-def bench_preset(name: str, batches: list[int], rounds: int) -> dict:
+def bench_preset(name: str, batches: list[int], rounds: int, variants: dict = VARIANTS, reset=lambda: set_pdl(None)
+                 ) -> dict:
+    """Decode step times of `variants` (name -> set-up function) on one engine of preset `name`, in alternating
+    order over `rounds`; `reset` restores the defaults afterwards. Ratios are to the first variant."""
     cfg = ModelConfig.from_name(name)
     model = random_model(cfg)
     with tempfile.TemporaryDirectory() as d:
@@ -56,15 +60,17 @@ def bench_preset(name: str, batches: list[int], rounds: int) -> dict:
     for b in batches:  # warm-up: every kernel configuration and context length of the measured runs
         decode_step_time(engine, b, warmup=False)
     picks = [cfg_[0] for cfg_ in gemv._picked.values()]
-    times: dict[str, dict[int, list[float]]] = {v: {b: [] for b in batches} for v in VARIANTS}
+    times: dict[str, dict[int, list[float]]] = {v: {b: [] for b in batches} for v in variants}
     for r in range(rounds):
-        order = list(VARIANTS) if r % 2 == 0 else list(reversed(VARIANTS))
+        order = list(variants) if r % 2 == 0 else list(reversed(variants))
         for v in order:
-            use(engine, v)
+            use(engine, variants[v])
             decode_step_time(engine, 1, new_tokens=32, warmup=False)  # the new graphs' first replays
             for b in batches:
                 times[v][b].append(decode_step_time(engine, b, warmup=False))
-    set_pdl(None)
+    reset()
+    engine.runner.release_graphs()
+    engine.runner._capture_graphs()
     ceilings = measure_ceilings()
     floor_ms = roofline(cfg, Workload(8, (128, 128), (256, 256)).sample(cfg.vocab_size), ceilings,
                         max_num_seqs=1)["batch1_decode_floor_ms"]
@@ -72,8 +78,9 @@ def bench_preset(name: str, batches: list[int], rounds: int) -> dict:
            "ms_per_step": {v: {b: [t * 1e3 for t in ts] for b, ts in by.items()} for v, by in times.items()}}
     print(f"== {name}: batch-1 floor {floor_ms:.3f} ms; GEMM picks {sorted(set(picks))} "
           f"({picks.count('cublas')} of {len(picks)} cuBLAS)")
-    base = {b: statistics.median(times["plain"][b]) for b in batches}
-    for v in VARIANTS:
+    first = next(iter(variants))
+    base = {b: statistics.median(times[first][b]) for b in batches}
+    for v in variants:
         cells = []
         for b in batches:
             med = statistics.median(times[v][b])

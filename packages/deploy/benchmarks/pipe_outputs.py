@@ -3,14 +3,15 @@
     PYTHONPATH=packages/model/src:packages/deploy/src python packages/deploy/benchmarks/pipe_outputs.py \
         [--batch 256] [--steps 100] [--repeats 3] [--start-len 1000]
 
-With the engine in its own process (`engine_process`), every step's outputs cross a pipe: the engine process turns
-each into a delta (`output_deltas.delta`) and pickles the step's list; the API process unpickles it and rebuilds
-each request's full output (`OutputRebuilder.rebuild`). At a few hundred streams this is work on the engine's
-critical path (its host loop) and on the API process's, per output per step. This runs an engine the way the server
-does (`delta_outputs`, an output of every running request every step; host_overhead.py's tiny model, `--batch`
-greedy requests) and times both halves over `--steps` decode steps, heaps frozen as the server's processes freeze
-theirs. Prints one JSON line: microseconds per output for each half, and the bytes per output on the pipe (the
-best of --repeats).
+With the engine in its own process (`engine_process`), every step's outputs cross a pipe: the engine process makes
+each as the pipe's tuple (`LLMEngine.wire_outputs`; a choice without stop strings as ids, its text None) and pickles
+the step's list; the API process unpickles it and rebuilds each request's full output (`OutputRebuilder.rebuild`,
+which detokenizes the ids-only choices). At a few hundred streams this is work on the engine's critical path (its
+host loop) and on the API process's, per output per step. This runs an engine the way the server does (an output of
+every running request every step; host_overhead.py's tiny model, `--batch` greedy requests) and times the pickling
+and the API side over `--steps` decode steps (host_overhead.py --wire-outputs times the engine's step itself), heaps
+frozen as the server's processes freeze theirs. Prints one JSON line: microseconds per output for each half, and
+the bytes per output on the pipe (the best of --repeats).
 """
 
 from __future__ import annotations
@@ -24,20 +25,16 @@ import time
 
 from host_overhead import build_engine  # same folder
 
-from shusheng.deploy.output_deltas import OutputRebuilder, delta
+from shusheng.deploy.output_deltas import OutputRebuilder
 
 
-def window(engine, rebuilder: OutputRebuilder, started: set, steps: int) -> dict:
+def window(engine, rebuilder: OutputRebuilder, steps: int) -> dict:
     send = receive = 0.0
     n = size = 0
     for _ in range(steps):
         outs = engine.step()
         t0 = time.perf_counter()
-        slim = []
-        for out in outs:
-            slim.append(delta(out, out.request_id not in started))
-            started.add(out.request_id)
-        data = pickle.dumps(("outputs", slim, engine.stats()), protocol=pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps(("outputs", outs, engine.stats()), protocol=pickle.HIGHEST_PROTOCOL)
         t1 = time.perf_counter()
         rebuilt = [rebuilder.rebuild(d) for d in pickle.loads(data)[1]]
         t2 = time.perf_counter()
@@ -61,15 +58,15 @@ def main() -> int:
         print("error: --start-len must be >= 0", file=sys.stderr)
         return 2
     max_tokens = 20 + args.start_len + args.steps * args.repeats + 10
-    engine = build_engine(args.batch, max_tokens, 100, 1000, seed=0)  # its requests are queued already
-    engine.delta_outputs = True
-    rebuilder, started = OutputRebuilder(), set()
+    # the engine process's modes; its requests are queued already
+    engine = build_engine(args.batch, max_tokens, 100, 1000, seed=0, delta_outputs=True, wire_outputs=True)
+    rebuilder = OutputRebuilder(engine.tokenizer)
     for seq in engine.scheduler.waiting:
-        rebuilder.add(seq.request_id, None, seq.token_ids[: seq.num_prompt_tokens])
-    window(engine, rebuilder, started, 20 + args.start_len)  # prefill, warm-up and --start-len
+        rebuilder.add(seq.request_id, None, seq.token_ids[: seq.num_prompt_tokens], seq.params)
+    window(engine, rebuilder, 20 + args.start_len)  # prefill, warm-up and --start-len
     gc.collect()
     gc.freeze()
-    runs = [window(engine, rebuilder, started, args.steps) for _ in range(args.repeats)]
+    runs = [window(engine, rebuilder, args.steps) for _ in range(args.repeats)]
     best = min(runs, key=lambda r: r["engine_side_us"] + r["api_side_us"])
     print(json.dumps({"batch": args.batch, "steps": args.steps, "start_len": args.start_len,
                       **{k: round(v, 3) for k, v in best.items()},

@@ -97,6 +97,8 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--prefill", action="store_true", help="profile prefill steps of requests arriving one at a time")
     p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--trace", default=None, help="decode: also write the profiled steps' Chrome trace here (kernel "
+                   "timeline, CUDA-graph kernels included)")
     args = p.parse_args()
     cfg = ModelConfig.from_name(args.preset)
     model = random_model(cfg)
@@ -121,6 +123,8 @@ def main() -> int:
         torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / args.steps
     replays = engine.runner.graph_replays - replays
+    if args.trace:
+        prof.export_chrome_trace(args.trace)
     t0 = time.perf_counter()
     for _ in range(args.steps):
         engine.step()

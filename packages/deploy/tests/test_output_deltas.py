@@ -84,38 +84,53 @@ def test_an_engine_making_deltas_rebuilds_to_the_snapshots(tiny_ckpt):
     assert compared > 15 and not dlt.has_unfinished() and len(rebuilder) == 0
 
 
-def test_wire_outputs_are_the_tuples_the_outbox_made(tiny_ckpt):
-    """`wire_outputs` (the engine process's mode) makes each step output as `delta`'s tuple directly: the same
-    tuples, step for step, as a delta engine's outputs put through `delta` (metrics aside: two clocks). An abort's
-    final output stays a RequestOutput, which the outbox converts as before."""
+def test_wire_outputs_rebuild_to_the_delta_engines(tiny_ckpt):
+    """`wire_outputs` (the engine process's mode) makes each step output as the pipe's tuple directly, and sends a
+    choice without stop strings as ids alone (text None), which the receiver detokenizes. Rebuilt, they equal a
+    delta engine's outputs put through `delta`, step for step (metrics aside: two clocks), stop tokens (their text
+    dropped or kept), n=2, log-probs, prompt log-probs, a stop string and an abort included."""
     dlt, wire = (LLMEngine(EngineConfig.from_kwargs(str(tiny_ckpt), device="cpu")) for _ in range(2))
+    greedy = dlt.generate(["hello"], SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True))[0]
+    stop_id = greedy.outputs[0].token_ids[3]
     dlt.delta_outputs = wire.delta_outputs = wire.wire_outputs = True
     requests = {
         "n2": ("hello world", SamplingParams(max_tokens=7, temperature=0.8, seed=1, n=2, logprobs=2)),
         "echo": ("the cat sat on", SamplingParams(max_tokens=4, temperature=0.0, prompt_logprobs=1, logprobs=0)),
         "stop": ("a b c d e f", SamplingParams(max_tokens=12, temperature=0.0, stop=["e"], ignore_eos=True)),
+        "stoptok": ("hello", SamplingParams(max_tokens=12, temperature=0.0, stop_token_ids=[stop_id])),
+        "stoptok+": ("hello", SamplingParams(max_tokens=12, temperature=0.0, stop_token_ids=[stop_id],
+                                             include_stop_str_in_output=True, skip_special_tokens=False)),
         "aborted": ("x y z", SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True)),
     }
+    from_dlt, from_wire = OutputRebuilder(), OutputRebuilder(wire.tokenizer)
     for rid, (prompt, params) in requests.items():
-        for eng in (dlt, wire):
+        for eng, rebuilder in ((dlt, from_dlt), (wire, from_wire)):
             eng.add_request(prompt, params, request_id=rid)
-    started, compared, step = set(), 0, 0
+            rebuilder.add(rid, prompt, eng.encode_prompt(prompt), params)
+    started, compared, step, texts, finals = set(), 0, 0, set(), {}
     while dlt.has_unfinished():
         outs, wouts = dlt.step(), wire.step()
-        assert all(type(w) is tuple for w in wouts)
         if step == 4:
             outs.append(dlt.abort("aborted"))
-            aborted = wire.abort("aborted")
-            assert type(aborted) is not tuple and aborted.finished
-            wouts.append(delta(aborted, "aborted" not in started))
+            wouts.append(wire.abort("aborted"))
+        assert all(type(w) is tuple for w in wouts)
         step += 1
         for out, w in zip(outs, wouts, strict=True):
-            want = delta(out, out.request_id not in started)
+            want = from_dlt.rebuild(over_the_pipe(out, out.request_id not in started))
             started.add(out.request_id)
-            assert w[:3] + w[4:] == want[:3] + want[4:]
-            assert set(w[3]) == {"arrival", "first_token", "now"}
+            got = from_wire.rebuild(pickle.loads(pickle.dumps(w)))
+            assert set(got.metrics) == {"arrival", "first_token", "now"}
+            got.metrics = want.metrics
+            assert got == want
+            if got.finished:
+                finals[got.request_id] = got
+            texts.update((w[0], c[1] is None) for c in w[5])
             compared += 1
-    assert compared > 15 and not wire.has_unfinished()
+    assert compared > 15 and not wire.has_unfinished() and len(from_wire) == 0
+    assert ("stop", False) in texts and ("stoptok", True) in texts and ("n2", True) in texts
+    a, b = finals["stoptok"].outputs[0], finals["stoptok+"].outputs[0]
+    assert a.finish_reason == b.finish_reason == "stop" and a.stop_reason == stop_id and a.token_ids[-1] == stop_id
+    assert b.text.startswith(a.text) and b.text.endswith(wire.tokenizer.decode([stop_id]))  # its text: dropped, kept
 
 
 def test_a_prefix_view_stays_the_snapshot_it_was():

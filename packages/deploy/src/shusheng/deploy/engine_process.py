@@ -41,7 +41,7 @@ from shusheng.model.tokenizer import load_tokenizer
 from .async_engine import AsyncEngine
 from .config import EngineConfig
 from .llm_engine import RequestLimits, encode_prompt, prepare_prompt
-from .output_deltas import OutputRebuilder, delta
+from .output_deltas import OutputRebuilder
 from .sampling_params import SamplingParams
 
 
@@ -91,10 +91,9 @@ class _Outbox:
     def send(self, msg: tuple) -> None:
         self._queue.put(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
 
-    def outputs(self, outs: list, stats: dict) -> None:
-        """Step outputs come in the pipe's form already (`LLMEngine.wire_outputs`); an abort's final output is a
-        RequestOutput, sent whole (its prompt log-probs again, which the rebuilder just keeps)."""
-        self.send(("outputs", [out if type(out) is tuple else delta(out, True) for out in outs], stats))
+    def outputs(self, outs: list[tuple], stats: dict) -> None:
+        """Step and abort outputs, in the pipe's form already (`LLMEngine.wire_outputs`)."""
+        self.send(("outputs", outs, stats))
 
     def close(self) -> None:
         """Writes out everything queued, then stops the sender."""
@@ -142,7 +141,7 @@ def _core_main(config: EngineConfig, conn, engine_cpus: set[int] | None = None) 
             out.send(("failed", f"{type(e).__name__}: {e}"))
             return
         engine.delta_outputs = True  # `_Outbox` ships deltas: let the engine make them without copying its lists
-        engine.wire_outputs = True  # and step() makes them as the pipe's tuples (an abort's final output is not)
+        engine.wire_outputs = True  # as the pipe's tuples; text without stop strings is made by the API process
         if engine_cpus:  # this (the step loop's) thread only: the sender thread and TP ranks keep the others
             os.sched_setaffinity(0, engine_cpus)
         try:
@@ -228,7 +227,7 @@ class ProcessAsyncEngine(AsyncEngine):
             raise RuntimeError(f"the engine failed to start: {msg[1]}")
         self.engine = EngineFrontend(tokenizer, msg[1], msg[2])
         self._send_lock = threading.Lock()
-        self._rebuilder = OutputRebuilder()  # guarded by _send_lock
+        self._rebuilder = OutputRebuilder(tokenizer)  # guarded by _send_lock
         self._calls: dict[int, concurrent.futures.Future] = {}
         self._call_ids = itertools.count()
         self._stopping = False
@@ -242,7 +241,7 @@ class ProcessAsyncEngine(AsyncEngine):
         try:
             with self._send_lock:
                 if item[0] == "add":  # the prompt stays here: outputs come back as deltas
-                    self._rebuilder.add(item[1], item[2], item[3])
+                    self._rebuilder.add(item[1], item[2], item[3], item[4])
                 self._conn.send(item)
         except (OSError, EOFError) as e:
             self._fail(RuntimeError(f"the engine process is gone: {e}"))
