@@ -4,14 +4,13 @@
         [--batch 256] [--steps 100] [--repeats 3] [--start-len 1000]
 
 With the engine in its own process (`engine_process`), every step's outputs cross a pipe: the engine process makes
-each as the pipe's tuple (`LLMEngine.wire_outputs`; a choice without stop strings as ids, its text None) and pickles
-the step's list; the API process unpickles it and rebuilds each request's full output (`OutputRebuilder.rebuild`,
-which detokenizes the ids-only choices). At a few hundred streams this is work on the engine's critical path (its
-host loop) and on the API process's, per output per step. This runs an engine the way the server does (an output of
-every running request every step; host_overhead.py's tiny model, `--batch` greedy requests) and times the pickling
-and the API side over `--steps` decode steps (host_overhead.py --wire-outputs times the engine's step itself), heaps
-frozen as the server's processes freeze theirs. Prints one JSON line: microseconds per output for each half, and
-the bytes per output on the pipe (the best of --repeats).
+each as the pipe's tuple (`LLMEngine.wire_outputs`) and pickles the step's list; the API process unpickles it and
+rebuilds each request's full output (`OutputRebuilder.rebuild`). At a few hundred streams this is work on the
+engine's critical path (its host loop) and on the API process's, per output per step. This runs an engine the way
+the server does (an output of every running request every step; host_overhead.py's tiny model, `--batch` greedy
+requests) and times the pickling and the API side over `--steps` decode steps (host_overhead.py --wire-outputs
+times the engine's step itself), heaps frozen as the server's processes freeze theirs. Prints one JSON line:
+microseconds per output for each half, and the bytes per output on the pipe (the best of --repeats).
 """
 
 from __future__ import annotations
@@ -60,9 +59,9 @@ def main() -> int:
     max_tokens = 20 + args.start_len + args.steps * args.repeats + 10
     # the engine process's modes; its requests are queued already
     engine = build_engine(args.batch, max_tokens, 100, 1000, seed=0, delta_outputs=True, wire_outputs=True)
-    rebuilder = OutputRebuilder(engine.tokenizer)
+    rebuilder = OutputRebuilder()
     for seq in engine.scheduler.waiting:
-        rebuilder.add(seq.request_id, None, seq.token_ids[: seq.num_prompt_tokens], seq.params)
+        rebuilder.add(seq.request_id, None, seq.token_ids[: seq.num_prompt_tokens])
     window(engine, rebuilder, 20 + args.start_len)  # prefill, warm-up and --start-len
     gc.collect()
     gc.freeze()

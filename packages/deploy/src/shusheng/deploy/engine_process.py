@@ -141,7 +141,7 @@ def _core_main(config: EngineConfig, conn, engine_cpus: set[int] | None = None) 
             out.send(("failed", f"{type(e).__name__}: {e}"))
             return
         engine.delta_outputs = True  # `_Outbox` ships deltas: let the engine make them without copying its lists
-        engine.wire_outputs = True  # as the pipe's tuples; text without stop strings is made by the API process
+        engine.wire_outputs = True  # and step() makes them as the pipe's tuples (an abort's final output too)
         if engine_cpus:  # this (the step loop's) thread only: the sender thread and TP ranks keep the others
             os.sched_setaffinity(0, engine_cpus)
         try:
@@ -227,7 +227,7 @@ class ProcessAsyncEngine(AsyncEngine):
             raise RuntimeError(f"the engine failed to start: {msg[1]}")
         self.engine = EngineFrontend(tokenizer, msg[1], msg[2])
         self._send_lock = threading.Lock()
-        self._rebuilder = OutputRebuilder(tokenizer)  # guarded by _send_lock
+        self._rebuilder = OutputRebuilder()  # guarded by _send_lock
         self._calls: dict[int, concurrent.futures.Future] = {}
         self._call_ids = itertools.count()
         self._stopping = False
@@ -241,7 +241,7 @@ class ProcessAsyncEngine(AsyncEngine):
         try:
             with self._send_lock:
                 if item[0] == "add":  # the prompt stays here: outputs come back as deltas
-                    self._rebuilder.add(item[1], item[2], item[3], item[4])
+                    self._rebuilder.add(item[1], item[2], item[3])
                 self._conn.send(item)
         except (OSError, EOFError) as e:
             self._fail(RuntimeError(f"the engine process is gone: {e}"))

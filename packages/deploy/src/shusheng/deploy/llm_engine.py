@@ -20,7 +20,7 @@ from .block_manager import BlockManager
 from .config import EngineConfig
 from .launched_step import HostSamples, LaunchedStep, needs_host_tokens
 from .model_runner import Feed, ModelRunner, StepLogits, to_device
-from .output_deltas import choice_delta, ids_text, wire_choice
+from .output_deltas import choice_delta, wire_choice
 from .outputs import CompletionOutput, RequestOutput
 from .sampler import Sampler, SamplerOutput, SamplingTensors, make_generator, prompt_logprobs
 from .sampling_params import SamplingParams
@@ -96,8 +96,6 @@ class _Choice:
     deferred: list[int] = field(default_factory=list)  # ids whose text is not made yet (see LLMEngine._append)
     argmax: bool = field(init=False)  # samples the argmax and nothing else (`SamplingTensors.argmax_only`)
     ids_only: bool = field(init=False)  # no stop strings or logprobs: with deferred text a token is an id and a count
-    # the receiver of the wire outputs makes the text (`LLMEngine.wire_outputs`; no stop string needs it here)
-    remote_text: bool = False
 
     def __post_init__(self):
         self.seq.choice = self
@@ -163,9 +161,7 @@ class LLMEngine:
         # engine process ships nothing else, so the per-step snapshots' O(length) copies would be wasted)
         self.delta_outputs = False
         # step() returns each output as `output_deltas.delta`'s wire tuple, made directly from the engine's state
-        # (the engine process pipes nothing else: the dataclasses in between would be built to be taken apart).
-        # A choice without stop strings then goes as ids alone, its text None: the receiver detokenizes them
-        # (`OutputRebuilder`), off the step loop's critical path. Set it before adding requests.
+        # (the engine process pipes nothing else: the dataclasses in between would be built to be taken apart)
         self.wire_outputs = False
 
     @classmethod
@@ -221,7 +217,6 @@ class LLMEngine:
             out=CompletionOutput(index=index, logprobs=[] if p.logprobs is not None else None),
             request=req,
             generator=make_generator(p.seed + index, self.runner.device) if p.seed is not None else None,
-            remote_text=self.wire_outputs and not p.stop,
         )
 
     def abort(self, request_id: str) -> RequestOutput | tuple | None:
@@ -330,21 +325,17 @@ class LLMEngine:
                     continue
                 token = tokens[i]
                 seq.token_ids[positions[i]] = token
-                if c.ids_only and (final_only or c.remote_text):  # `_append` inlined: most tokens, no text here
+                if final_only and c.ids_only:  # `_append` with deferred text, inlined: most offline tokens
                     out = c.out
                     out.token_ids.append(token)
                     out.delta_token_ids.append(token)
+                    c.deferred.append(token)
                     reason = c.stop.count(token)
-                    if c.remote_text:
-                        if reason is not None:
-                            self._finish(c, reason)
-                    else:  # deferred text
-                        c.deferred.append(token)
-                        if reason is not None:
-                            text = self._deferred_text(c, reason)
-                            out.text += text
-                            out.delta_text += text
-                            self._finish(c, reason)
+                    if reason is not None:
+                        text = self._deferred_text(c, reason)
+                        out.text += text
+                        out.delta_text += text
+                        self._finish(c, reason)
                 else:
                     self._append(c, i, token, logprobs, host, defer_text=final_only)
                 req = c.request
@@ -428,9 +419,7 @@ class LLMEngine:
                                strict=True))
             out.logprobs.append({"token_id": token, "logprob": logprobs[row], "top": top})
         # the checker's token limit already includes what the context window leaves (see add_prepared)
-        if c.remote_text:  # the receiver makes the text
-            text, reason = "", c.stop.count(token)
-        elif defer_text and not seq.params.stop:  # no stop string reads the text: detokenize when it is wanted
+        if defer_text and not seq.params.stop:  # no stop string reads the text: detokenize when it is wanted
             c.deferred.append(token)
             _, reason = c.stop.update(token, "")
             text = self._deferred_text(c, reason) if reason is not None else ""
@@ -457,7 +446,10 @@ class LLMEngine:
         """The text of a choice's deferred ids (see `_append`), ending as `reason` ends it: a stop token's own text
         is dropped (unless include_stop_str_in_output), "length" flushes a held-back partial character."""
         ids, c.deferred = c.deferred, []
-        return ids_text(c.detok, ids, reason, c.seq.params.include_stop_str_in_output)
+        if reason == "stop" and not c.seq.params.include_stop_str_in_output:
+            return c.detok.add_many(ids[:-1])  # the finished choice's detokenizer is not used again
+        text = c.detok.add_many(ids)
+        return text + c.detok.flush() if reason == "length" else text
 
     def _prompt_logprobs(self, step: StepLogits) -> None:
         """Log-probs of the prompt tokens computed this step (chunk by chunk), for requests that asked for them."""
@@ -503,12 +495,12 @@ class LLMEngine:
     def _wire_output(self, req: _Request, now: float, finished: bool = False) -> tuple:
         """What `output_deltas.delta(self._output(req), first)` makes of a delta output, made directly (see
         `wire_outputs`): the request's id, whether it finished (or `finished`: an abort), its cached prompt tokens,
-        metrics, the prompt's log-probs (its first output only) and per choice (index, new text or None for the
-        receiver to make from the new ids, new ids, their log-probs, finish reason, stop reason)."""
+        metrics, the prompt's log-probs (its first output only) and per choice (index, new text, new ids, their
+        log-probs, finish reason, stop reason)."""
         choices, done = [], 0
         for c in sorted(req.choices, key=_choice_index) if len(req.choices) > 1 else req.choices:
             o = c.out
-            choices.append(wire_choice(o, c.remote_text))
+            choices.append(wire_choice(o))
             done += o.finish_reason is not None
             o.delta_text, o.delta_token_ids = "", []
         seq0 = req.choices[0].seq

@@ -13,10 +13,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from shusheng.model.tokenizer import IncrementalDetokenizer, Tokenizer
-
 from .outputs import CompletionOutput, RequestOutput
-from .sampling_params import SamplingParams
 
 
 def choice_delta(c: CompletionOutput) -> CompletionOutput:
@@ -42,24 +39,13 @@ def delta(out: RequestOutput, first: bool) -> tuple:
             out.prompt_logprobs if first else None, choices)
 
 
-def wire_choice(c: CompletionOutput, remote_text: bool = False) -> tuple:
+def wire_choice(c: CompletionOutput) -> tuple:
     """What of choice `c` (a snapshot, or the engine's own live output) is new, as the pipe's tuple: `choice_delta`
-    without the dataclass. `remote_text`: the text goes as None, for the receiver to make from the new ids."""
+    without the dataclass."""
     # the new ids are the last of the snapshot (its logprobs list may run ahead of it)
     new, end = c.delta_token_ids, len(c.token_ids)
-    return (c.index, None if remote_text else c.delta_text, new,
-            None if c.logprobs is None else c.logprobs[end - len(new) : end], c.finish_reason, c.stop_reason)
-
-
-def ids_text(detok: IncrementalDetokenizer, ids: list[int], reason: str | None, include_stop_str: bool) -> str:
-    """The text that ids not yet detokenized add to a choice's output, ending as `reason` ends it: a stop token's
-    own text is dropped (unless `include_stop_str`; a choice stopped by a token stopped at its last id), "length"
-    flushes a held-back partial character. The engine's deferred text and the receiver of ids-only wire choices
-    make it the same way, so both equal the per-token streaming path's text."""
-    if reason == "stop" and not include_stop_str:
-        return detok.add_many(ids[:-1])  # the finished choice's detokenizer is not used again
-    text = detok.add_many(ids)
-    return text + detok.flush() if reason == "length" else text
+    return (c.index, c.delta_text, new, None if c.logprobs is None else c.logprobs[end - len(new) : end],
+            c.finish_reason, c.stop_reason)
 
 
 class Prefix(Sequence):
@@ -98,35 +84,20 @@ class Prefix(Sequence):
 class _Request:
     prompt: str | None
     prompt_token_ids: list[int]
-    params: SamplingParams | None
     choices: dict[int, CompletionOutput] = field(default_factory=dict)
     prompt_logprobs: list | None = None
-    detoks: dict[int, IncrementalDetokenizer] = field(default_factory=dict)  # of choices whose text comes as ids
 
 
 class OutputRebuilder:
     """Turns the deltas of `delta` back into full outputs; `add` each request before its first output arrives.
-    A choice's text that comes as None (`LLMEngine.wire_outputs`) is made here from its ids, with `tokenizer`.
 
     Not thread-safe: one thread adds and rebuilds (or guard it with a lock)."""
 
-    def __init__(self, tokenizer: Tokenizer | None = None):
-        self.tokenizer = tokenizer
+    def __init__(self):
         self._requests: dict[str, _Request] = {}
 
-    def add(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
-            params: SamplingParams | None = None) -> None:
-        """`params`: the request's, needed (with the tokenizer) when its text comes as ids."""
-        self._requests[request_id] = _Request(prompt, prompt_token_ids, params)
-
-    def _text(self, req: _Request, index: int, ids: list[int], reason: str | None) -> str:
-        detok = req.detoks.get(index)
-        if detok is None:
-            if self.tokenizer is None or req.params is None:
-                raise ValueError("a choice's text came as ids: give OutputRebuilder the tokenizer and add() the "
-                                 "request's sampling params")
-            detok = req.detoks[index] = IncrementalDetokenizer(self.tokenizer, req.params.skip_special_tokens)
-        return ids_text(detok, ids, reason, req.params.include_stop_str_in_output)
+    def add(self, request_id: str, prompt: str | None, prompt_token_ids: list[int]) -> None:
+        self._requests[request_id] = _Request(prompt, prompt_token_ids)
 
     def drop(self, request_id: str) -> None:
         self._requests.pop(request_id, None)
@@ -148,8 +119,6 @@ class OutputRebuilder:
             acc = req.choices.get(index)
             if acc is None:
                 acc = req.choices[index] = CompletionOutput(index, logprobs=None if logprobs is None else [])
-            if delta_text is None:
-                delta_text = self._text(req, index, delta_ids, finish_reason)
             acc.text += delta_text
             acc.token_ids.extend(delta_ids)
             if logprobs is not None:
