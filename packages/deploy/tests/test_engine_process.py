@@ -75,6 +75,48 @@ def test_full_outputs_through_the_pipe_equal_the_in_process_engine(tiny_ckpt, pr
     assert len(process_engine._rebuilder) == 0
 
 
+def test_a_slow_consumer_gets_merged_outputs_and_an_abort_still_ends_its_stream(process_engine):
+    """Outputs that pile up while the consumer sleeps come merged into fewer items, with nothing lost; an explicit
+    abort still ends the stream with a final "abort" output; a consumer that leaves early (the generator closed)
+    leaves nothing behind in the API process."""
+    params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
+
+    async def slow():
+        items, ids = 0, []
+        async for out in process_engine.generate("hello world", params):
+            items += 1
+            ids += out.outputs[0].delta_token_ids
+            assert out.outputs[0].token_ids == ids  # the merged deltas add up to the snapshot
+            await asyncio.sleep(0.05)
+        return items, ids
+
+    async def aborted():
+        stream = process_engine.add_request("the cat sat on", SamplingParams(max_tokens=200, temperature=0.0,
+                                                                             ignore_eos=True), request_id="ab")
+        got = []
+        async for out in stream:
+            got.append(out)
+            if len(got) == 2:
+                process_engine.abort("ab")
+        return got
+
+    async def leaver():
+        async for _ in process_engine.generate("a b c", SamplingParams(max_tokens=200, ignore_eos=True)):
+            break
+
+    async def main():
+        return await asyncio.gather(slow(), aborted(), leaver())
+
+    (items, ids), got, _ = asyncio.run(main())
+    assert len(ids) == 40 and items < 40
+    assert got[-1].finished and got[-1].outputs[0].finish_reason == "abort"
+    for _ in range(100):  # the abandoned request's abort reaches the engine process and comes back
+        if process_engine.num_unfinished == 0:
+            break
+        asyncio.run(asyncio.sleep(0.05))
+    assert process_engine.num_unfinished == 0 and len(process_engine._rebuilder) == 0
+
+
 def test_validation_happens_in_the_api_process(process_engine):
     limit = process_engine.engine.max_model_len
     with pytest.raises(ValueError, match="maximum context length"):
