@@ -2,9 +2,12 @@
 with --prefill over the prefill steps of requests that arrive at an idle engine one at a time.
 
     python packages/deploy/benchmarks/profile_decode.py [--preset internlm2-1.8b] [--batch 1] [--steps 30]
+        [--trace trace.json]
     python packages/deploy/benchmarks/profile_decode.py --prefill [--prompt-len 128] [--steps 20]
 
-Decode: milliseconds per step, whether the CUDA graph replayed, and the top operators by CPU and by CUDA time.
+Decode: milliseconds per step, whether the CUDA graph replayed, and the top operators by CPU and by CUDA time;
+with --trace PATH also the kernel timeline (`kernel_timeline`: each kernel's incremental time per step, which under
+programmatic dependent launch is its real share, unlike its duration).
 Prefill: the wall time of the step() call that takes a new request's prompt (what the host spends launching it)
 and of that step until the GPU is done, the same under torch.profiler (top operators by CPU and CUDA time), and
 cProfile's top functions by own time over those step() calls.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import json
 import pstats
 import statistics
 import sys
@@ -46,6 +50,27 @@ def count_syncs(engine: LLMEngine) -> list[str]:
         finally:
             torch.cuda.set_sync_debug_mode(0)
     return [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+
+
+def kernel_timeline(events: list[dict], steps: int) -> list[tuple[str, float, float, float]]:
+    """Per kernel name, from a Chrome trace's events: (name, calls per step, incremental us per step, duration us per
+    step). Under programmatic dependent launch a kernel starts while the one before it runs, so its duration
+    includes waiting; its incremental time, how much later it ends than every kernel before it ended, adds up to the
+    GPU's span instead (gaps included, charged to the kernel after them). Sorted by incremental time."""
+    kernels = sorted((e for e in events if e.get("cat") == "kernel"), key=lambda e: e["ts"])
+    inc: dict[str, float] = {}
+    dur: dict[str, float] = {}
+    calls: dict[str, int] = {}
+    end = None
+    for e in kernels:
+        name, stop = e["name"], e["ts"] + e["dur"]
+        if end is not None:
+            inc[name] = inc.get(name, 0.0) + max(0.0, stop - end)
+        dur[name] = dur.get(name, 0.0) + e["dur"]
+        calls[name] = calls.get(name, 0) + 1
+        end = stop if end is None else max(end, stop)
+    rows = [(n, calls[n] / steps, inc.get(n, 0.0) / steps, dur[n] / steps) for n in calls]
+    return sorted(rows, key=lambda r: -r[2])
 
 
 def profile_prefill(engine: LLMEngine, vocab_size: int, prompt_len: int, steps: int) -> int:
@@ -98,7 +123,7 @@ def main() -> int:
     p.add_argument("--prefill", action="store_true", help="profile prefill steps of requests arriving one at a time")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--trace", default=None, help="decode: also write the profiled steps' Chrome trace here (kernel "
-                   "timeline, CUDA-graph kernels included)")
+                   "timeline, CUDA-graph kernels included) and print each kernel's share (`kernel_timeline`)")
     args = p.parse_args()
     cfg = ModelConfig.from_name(args.preset)
     model = random_model(cfg)
@@ -125,6 +150,12 @@ def main() -> int:
     replays = engine.runner.graph_replays - replays
     if args.trace:
         prof.export_chrome_trace(args.trace)
+        with open(args.trace) as f:
+            rows = kernel_timeline(json.load(f)["traceEvents"], args.steps)
+        print(f"kernel timeline, per step ({sum(r[2] for r in rows):.1f} us of GPU span): name, calls, incremental us, "
+              "duration us")
+        for name, n, inc, d in rows[:20]:
+            print(f"  {name[:60]:60s} {n:6.1f} {inc:9.1f} {d:9.1f}")
     t0 = time.perf_counter()
     for _ in range(args.steps):
         engine.step()
