@@ -70,10 +70,11 @@ def use_pdl(device: torch.device) -> bool:
     return capable and (_PDL_DEFAULT if _pdl_forced is None else _pdl_forced)
 
 
-def pdl_launch(pdl: bool) -> dict:
-    """The launch keyword of a kernel launched with programmatic dependent launch (none otherwise: the interpreter
-    takes no such keyword)."""
-    return {"launch_pdl": True} if pdl else {}
+def pdl_args(device: torch.device) -> dict:
+    """A decode kernel's PDL arguments on `device` (`use_pdl`): its `PDL` constexpr (for `pdl_enter`) and, when on,
+    the `launch_pdl` launch keyword (the interpreter takes none)."""
+    pdl = use_pdl(device)
+    return {"PDL": True, "launch_pdl": True} if pdl else {"PDL": False}
 
 
 @triton.jit

@@ -24,7 +24,7 @@ import functools
 
 import torch
 
-from shusheng.deploy.kernels._triton import kept_buffer, pdl_enter, pdl_launch, require_triton, tl, triton, use_pdl
+from shusheng.deploy.kernels._triton import kept_buffer, pdl_args, pdl_enter, require_triton, tl, triton
 
 # K/V tile: BLOCK_N tokens of 32 KB (128 tokens for bf16, D = 128), so that K and V, two pipeline stages deep, take
 # 128 KB of shared memory. On an H100 128-token tiles read 1.3x faster than 64 when few programs run (B * KV small,
@@ -237,7 +237,6 @@ def paged_decode_attention(
         # arrival counters per (sequence, KV head), a power-of-two count (few buffers); each launch leaves them zero
         counters = kept_buffer("decode counters", q.device, triton.next_power_of_2(B * KV), torch.int32, zero=True)
     in_precision = "ieee" if q.dtype == torch.float32 else "tf32"  # fp32 stays exact; ignored for 16-bit
-    pdl = use_pdl(q.device)
     _decode_split_kernel[(B, KV, num_splits)](
         q, k_cache, v_cache, block_tables, context_lens, out, mid_o, mid_lse, counters,
         scale * LOG2E, num_splits,
@@ -247,8 +246,7 @@ def paged_decode_attention(
         out.stride(0), out.stride(1),
         *mid_strides,
         G=G, BLOCK_H=max(16, triton.next_power_of_2(G)), D=D, BLOCK_SIZE=block_size, BLOCK_N=block_n,
-        DIRECT=direct, IN_PRECISION=in_precision, PDL=pdl, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
-        **pdl_launch(pdl),
+        DIRECT=direct, IN_PRECISION=in_precision, num_warps=NUM_WARPS, num_stages=NUM_STAGES, **pdl_args(q.device),
     )
     return out
 

@@ -18,7 +18,7 @@ stored, so `out` may alias x.
 
 import torch
 
-from shusheng.deploy.kernels._triton import pdl_enter, pdl_launch, require_triton, tl, triton, use_pdl
+from shusheng.deploy.kernels._triton import pdl_args, pdl_enter, require_triton, tl, triton
 
 
 @triton.jit(do_not_specialize=["N"])  # rows vary by step: one binary for all
@@ -78,12 +78,11 @@ def _launch(x, residual, weight, eps, out) -> torch.Tensor:
     block_d = triton.next_power_of_2(D)
     rows = max(1, min(16, 2048 // block_d))  # several rows per program when D is small
     num_warps = min(16, max(1, rows * block_d // 256))
-    pdl = use_pdl(x.device)
     _rms_norm_kernel[(triton.cdiv(N, rows),)](
         x2, r2, weight, out2, N, eps,
         x2.stride(0), r2.stride(0), out2.stride(0),
-        D=D, BLOCK_D=block_d, ROWS=rows, HAS_RESIDUAL=residual is not None, PDL=pdl, num_warps=num_warps,
-        **pdl_launch(pdl),
+        D=D, BLOCK_D=block_d, ROWS=rows, HAS_RESIDUAL=residual is not None, num_warps=num_warps,
+        **pdl_args(x.device),
     )
     return out
 

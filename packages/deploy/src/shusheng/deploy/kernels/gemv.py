@@ -33,12 +33,11 @@ import torch.nn.functional as F
 from shusheng.deploy.kernels._triton import (
     HAS_TRITON,
     kept_buffer,
+    pdl_args,
     pdl_enter,
-    pdl_launch,
     require_triton,
     tl,
     triton,
-    use_pdl,
 )
 
 MAX_ROWS = 16  # x with more rows goes to cuBLAS (F.linear)
@@ -147,9 +146,8 @@ def _launch(cfg, x, w, b, y):
     else:
         ws = cnt = y
     bias = b if b is not None else w  # never read without HAS_BIAS
-    pdl = use_pdl(x.device)
-    common = dict(HAS_BIAS=b is not None, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split, PDL=pdl, num_warps=warps,
-                  num_stages=stages, **pdl_launch(pdl))
+    common = dict(HAS_BIAS=b is not None, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split, num_warps=warps,
+                  num_stages=stages, **pdl_args(x.device))
     if variant == "rows":
         _gemv_rows_kernel[grid](x, w, bias, y, ws, cnt, N, K, k_chunk, w.stride(0), **common)
     else:

@@ -18,7 +18,7 @@ BLOCK_R of its KV * (G + 1) rotated heads (the q heads and the k head of every g
 
 import torch
 
-from shusheng.deploy.kernels._triton import pdl_enter, pdl_launch, require_triton, tl, triton, use_pdl
+from shusheng.deploy.kernels._triton import pdl_args, pdl_enter, require_triton, tl, triton
 from shusheng.deploy.kernels.store_kv import store_kv_ref
 
 
@@ -149,11 +149,10 @@ def qkv_rotary(
     block_half = triton.next_power_of_2(D // 2)
     block_r = min(triton.next_power_of_2(KV * (G + 1)), max(1, 1024 // block_half))
     grid = (N, triton.cdiv(KV * (G + 1), block_r))
-    pdl = use_pdl(qkv.device)
     _qkv_rotary_kernel[grid](
         qkv, positions, inv_freq, q, k, kc, vc, slots, qkv.stride(0),
-        TO_CACHE=cache is not None, KV=KV, G=G, D=D, BLOCK_R=block_r, BLOCK_HALF=block_half, PDL=pdl, num_warps=4,
-        **pdl_launch(pdl),
+        TO_CACHE=cache is not None, KV=KV, G=G, D=D, BLOCK_R=block_r, BLOCK_HALF=block_half, num_warps=4,
+        **pdl_args(qkv.device),
     )
     return q, k, v
 

@@ -12,7 +12,7 @@ Kernel: grid (N, cdiv(F, BLOCK)); program (n, b) handles columns [b * BLOCK, (b 
 
 import torch
 
-from shusheng.deploy.kernels._triton import pdl_enter, pdl_launch, require_triton, tl, triton, use_pdl
+from shusheng.deploy.kernels._triton import pdl_args, pdl_enter, require_triton, tl, triton
 
 
 @triton.jit
@@ -66,9 +66,8 @@ def silu_mul(gate_up: torch.Tensor, out: torch.Tensor | None = None) -> torch.Te
     if N == 0:
         return out
     block = min(triton.next_power_of_2(F), 1024)
-    pdl = use_pdl(gate_up.device)
     _silu_mul_kernel[(N, triton.cdiv(F, block))](
-        gu2, out2, gu2.stride(0), out2.stride(0), F=F, BLOCK=block, PDL=pdl, num_warps=4, **pdl_launch(pdl),
+        gu2, out2, gu2.stride(0), out2.stride(0), F=F, BLOCK=block, num_warps=4, **pdl_args(gate_up.device),
     )
     return out
 

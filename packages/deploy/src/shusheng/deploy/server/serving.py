@@ -207,8 +207,8 @@ def chat_stream(state: ServerState, req: ChatCompletionRequest) -> AsyncIterator
     def chunk(index, delta, finish=None, logprobs=None):
         if logprobs is None and delta.keys() <= {"content"}:  # the common chunk: made without json.dumps
             return chunks.content(index, delta.get("content", ""), finish)
-        return sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": state.model_name,
-                     "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]})
+        return sse({**chunks.fields,
+                    "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]})
 
     async def gen():
         parsers = {i: ToolStreamParser(state.chat_template) for i in range(req.n)} if plan.tools else {}
@@ -242,9 +242,8 @@ def chat_stream(state: ServerState, req: ChatCompletionRequest) -> AsyncIterator
                     yield chunk(c.index, delta, finish, lp)
         _count(state, final)
         if include_usage:
-            yield sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": state.model_name,
-                        "choices": [], "usage": _usage(len(final.prompt_token_ids),
-                                                       sum(len(c.token_ids) for c in final.outputs))})
+            yield sse({**chunks.fields, "choices": [], "usage": _usage(len(final.prompt_token_ids),
+                                                                       sum(len(c.token_ids) for c in final.outputs))})
         yield "data: [DONE]\n\n"
 
     return gen()
@@ -389,8 +388,7 @@ def completion_stream(state: ServerState, req: CompletionRequest) -> AsyncIterat
                 for s in render(i, out, usage):
                     yield s
         if include_usage:
-            yield sse({"id": rid, "object": "text_completion", "created": created, "model": state.model_name,
-                        "choices": [], "usage": _usage(*usage)})
+            yield sse({**chunks.fields, "choices": [], "usage": _usage(*usage)})
         yield "data: [DONE]\n\n"
 
     return gen()

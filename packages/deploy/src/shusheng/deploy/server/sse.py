@@ -25,6 +25,7 @@ class Chunks:
     """The chunks of one stream: `object` is "text_completion" or "chat.completion.chunk"."""
 
     def __init__(self, rid: str, object: str, created: int, model: str):
+        self.fields = {"id": rid, "object": object, "created": int(created), "model": model}  # for `sse` of others
         self._head = (f'data: {{"id": {_str(rid)}, "object": {_str(object)}, "created": {int(created)}, '
                       f'"model": {_str(model)}, "choices": [{{"index": ')
 
