@@ -1,9 +1,9 @@
-"""Decode-step knobs against the defaults, on one engine, in the same run: which GEMMs the tuner may pick, and the
-decode attention's tile and split sizes.
+"""Decode-step knobs against the defaults, on one engine, in the same run: which GEMMs the tuner may pick, SwiGLU in
+the w1|w3 GEMM's epilogue, and the decode attention's tile and split sizes.
 
 Run on one Hopper GPU:
     python packages/deploy/benchmarks/decode_knobs.py [--presets internlm2-1.8b,internlm2-7b] [--batches 1,16]
-        [--rounds 2] [--json out.json]
+        [--rounds 2] [--variants default,attn 64] [--json out.json]
 
 Per preset (random bf16 weights, as throughput.py) one engine; then, round after round, each variant in turn, the
 skinny-GEMM picks timed again and the CUDA graphs captured again:
@@ -12,7 +12,9 @@ skinny-GEMM picks timed again and the CUDA graphs captured again:
   decode GEMM launches with programmatic dependent launch (cuBLAS's kernels do not);
 - `attn 64`: 64-token attention tiles and splits of at least 64 tokens (more, shorter programs over a short
   context);
-- `both`.
+- `both`;
+- `separate silu`: the w1|w3 GEMM never applies SwiGLU in its epilogue (`gemv.GLU_EPILOGUE = False`); the
+  activation is a kernel of its own after it, as before the epilogue existed.
 Time per decode step as pdl.py measures it (throughput.py's batch-1 latency at each batch size), the median over
 rounds, its ratio to `default` and, at batch 1, to the weight floor.
 """
@@ -35,10 +37,11 @@ attention = importlib.import_module("shusheng.deploy.kernels.decode_attention")
 DEFAULTS = (gemv.TUNE_CUBLAS, attention.MAX_BLOCK_N, attention.MIN_SPLIT_TOKENS)
 
 
-def knobs(cublas: bool = True, tile: int = DEFAULTS[1], min_split: int = DEFAULTS[2]):
+def knobs(cublas: bool = True, tile: int = DEFAULTS[1], min_split: int = DEFAULTS[2], glu: bool = True):
     def setup():
         gemv._picked.clear()
         gemv.TUNE_CUBLAS, attention.MAX_BLOCK_N, attention.MIN_SPLIT_TOKENS = cublas, tile, min_split
+        gemv.GLU_EPILOGUE = glu
     return setup
 
 
@@ -47,6 +50,7 @@ VARIANTS = {
     "triton gemms": knobs(cublas=False),
     "attn 64": knobs(tile=64, min_split=64),
     "both": knobs(cublas=False, tile=64, min_split=64),
+    "separate silu": knobs(glu=False),
 }
 
 
@@ -55,10 +59,15 @@ def main() -> int:
     p.add_argument("--presets", default="internlm2-1.8b,internlm2-7b")
     p.add_argument("--batches", default="1,16")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names among: " + ", ".join(VARIANTS))
     p.add_argument("--json", default=None)
     a = p.parse_args()
+    unknown = [v for v in a.variants.split(",") if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variants {unknown}; choose among {list(VARIANTS)}")
+    variants = {v: VARIANTS[v] for v in a.variants.split(",")}
     print(torch.cuda.get_device_name(), flush=True)
-    out = [bench_preset(name, [int(b) for b in a.batches.split(",")], a.rounds, VARIANTS, knobs())
+    out = [bench_preset(name, [int(b) for b in a.batches.split(",")], a.rounds, variants, knobs())
            for name in a.presets.split(",")]
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))

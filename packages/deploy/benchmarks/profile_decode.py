@@ -154,8 +154,11 @@ def main() -> int:
             rows = kernel_timeline(json.load(f)["traceEvents"], args.steps)
         print(f"kernel timeline, per step ({sum(r[2] for r in rows):.1f} us of GPU span): name, calls, incremental us, "
               "duration us")
-        for name, n, inc, d in rows[:20]:
+        for name, n, inc, d in rows[:40]:
             print(f"  {name[:60]:60s} {n:6.1f} {inc:9.1f} {d:9.1f}")
+        once = [r for r in rows if r[1] < 2]  # kernels outside the layers (fewer calls per step than layers)
+        print(f"  kernels called at most once a step: {sum(r[2] for r in once):.1f} us incremental, "
+              f"{len(once)} names")
     t0 = time.perf_counter()
     for _ in range(args.steps):
         engine.step()

@@ -15,7 +15,8 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first `import triton`
 
 from shusheng.deploy.kernels._triton import HAS_TRITON  # noqa: E402
-from shusheng.deploy.kernels.gemv import MAX_ROWS, candidates, gemv, linear  # noqa: E402
+from shusheng.deploy.kernels.gemv import CUBLAS, MAX_ROWS, candidates, gemv, linear, linear_silu_mul  # noqa: E402
+from shusheng.deploy.kernels.swiglu import silu_mul_ref  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not importable: the kernel cannot run")
@@ -60,6 +61,27 @@ def test_every_candidate_configuration_is_correct(M):
     for cfg in candidates(M):
         for _ in range(2):
             assert rel_err(gemv(x, w, b, config=cfg), ref) < TOL[torch.float16], cfg
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("M,F_,K", [(1, 35, 300), (1, 64, 1100), (4, 35, 129), (16, 8, 96)])
+def test_glu_epilogue_is_silu_mul_of_the_product(M, F_, K, dtype):
+    """`gemv(glu=True)` over a [gate | up] weight equals `silu_mul` of the plain product with the same configuration
+    (its rounding points: the GEMM output, silu, the product), for every candidate, odd F and split-K included."""
+    x, w, _ = operands(M, 2 * F_, K, dtype, bias=False, seed=M + F_)
+    for cfg in candidates(M):
+        for _ in range(2):  # split-K counters re-armed
+            out = gemv(x, w, config=cfg, glu=True)
+            want = silu_mul_ref(gemv(x, w, config=cfg))
+            assert out.shape == (M, F_) and out.dtype == dtype
+            assert rel_err(out, want) < TOL[dtype], cfg
+            if dtype == torch.float16:
+                assert (out != want).float().mean().item() < 0.05, ("rounding points differ", cfg)
+    ref = silu_mul_ref(reference(x, w, None)).to(dtype)
+    assert rel_err(linear_silu_mul(x, w), ref) < 2 * TOL[dtype]
+    with pytest.raises(AssertionError, match="even"):
+        gemv(x, w[:-1].contiguous(), glu=True)
 
 
 @needs_triton
@@ -135,6 +157,20 @@ def _decode_chain(x, weights, cfg):
     w1, w13, w2, norm_w = weights
     h = rms_norm(gemv(x, w1, config=cfg), norm_w, 1e-6)
     return gemv(silu_mul(gemv(h, w13, config=cfg)), w2, config=cfg)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("M", [1, 4, 16])
+def test_gpu_glu_epilogue_bf16(M):
+    """At InternLM2-7B's w1|w3 shape in bf16, every configuration (and the tuned pick) with SwiGLU in its epilogue
+    gives exactly `silu_mul` of the same configuration's product; cuBLAS + silu_mul is close."""
+    from shusheng.deploy.kernels import silu_mul
+
+    x, w, _ = operands(M, 2 * 14336, 4096, torch.bfloat16, bias=False, seed=M)
+    for cfg in candidates(M):
+        assert torch.equal(gemv(x, w, config=cfg, glu=True), silu_mul(gemv(x, w, config=cfg))), cfg
+    ref = silu_mul(gemv(x, w, config=CUBLAS))
+    assert rel_err(linear_silu_mul(x, w), ref) < TOL[torch.bfloat16]
 
 
 @pytest.mark.gpu

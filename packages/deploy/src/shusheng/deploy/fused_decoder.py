@@ -5,7 +5,8 @@ SwiGLU is a handful of small PyTorch ops. In a decode step those dozens of tiny 
 weight-streaming GEMMs. `FusedDecoder` is a module swap over the same parameters: per layer one fused
 residual-add + RMSNorm, one kernel that splits the grouped `wqkv` output, applies rotary to q and k and (with the
 paged cache) stores k and v into it, one GEMM for w1 and w3 together (their weights concatenated once, the originals
-released) followed by one silu-multiply kernel, and the linear layers through `ops.linear` (a skinny-GEMM kernel
+released) with the silu-multiply in its epilogue in decode steps (a kernel of its own after cuBLAS otherwise), and the
+linear layers through `ops.linear` (a skinny-GEMM kernel
 for decode steps of a few rows).
 With `TorchOps` it runs the kernels' PyTorch references (CPU), computing exactly what the model computes.
 
@@ -63,7 +64,7 @@ class FusedLayer(nn.Module):
         if self.tp_group is not None:
             dist.all_reduce(a, group=self.tp_group)
         normed, residual = ops.fused_add_rms_norm(a, residual, self.ffn_norm.weight, self.ffn_norm.eps)
-        f = ops.linear(ops.silu_mul(ops.linear(normed, self.w13.weight)), self.w2.weight)
+        f = ops.linear(ops.linear_silu_mul(normed, self.w13.weight), self.w2.weight)
         if self.tp_group is not None:
             dist.all_reduce(f, group=self.tp_group)
         return ops.fused_add_rms_norm(f, residual, next_norm.weight, next_norm.eps)
@@ -76,15 +77,22 @@ class FusedDecoder(nn.Module):
         model: the model, or this rank's shard of it (`shard_tp_local`) when `tp_group` is given.
         ops: the op set (`TritonOps` or `TorchOps`).
         tp_group: the tensor-parallel process group; None on one device.
+        max_positions: no position reaches this (the engine's max_model_len); None: unbounded.
     """
 
-    def __init__(self, model: Transformer, ops, tp_group: dist.ProcessGroup | None = None):
+    def __init__(self, model: Transformer, ops, tp_group: dist.ProcessGroup | None = None,
+                 max_positions: int | None = None):
         super().__init__()
         self.model = model
         self.ops = ops
         self.tp_group = tp_group
         self.layers = nn.ModuleList(FusedLayer(b, tp_group) for b in model.layers)
-        self.dynamic_rope = model.config.rope_type == "dynamic"
+        c = model.config
+        # dynamic NTK rotary grows its base only past max_position_embeddings; when no position can get there
+        # (the engine's max_model_len), its frequencies are those of any position below, computed once here
+        # instead of a dozen small kernels a step
+        self.dynamic_rope = c.rope_type == "dynamic" and (max_positions is None
+                                                          or max_positions > c.max_position_embeddings)
         self._inv_freq = None if self.dynamic_rope else model.rotary.inv_freq(
             torch.zeros(1, dtype=torch.long, device=model.tok_embeddings.weight.device))
 

@@ -24,15 +24,16 @@ from shusheng.model.parallel import shard_tp_local
 
 from .config import EngineConfig
 from .fused_decoder import FusedDecoder
+from .kernels import decode_inputs
 from .paged_attention import AttentionMetadata, PagedAttention, ops_for
 from .scheduler import ScheduledBatch
 from .sequence import PENDING, Sequence
 
 
-def block_tables(seqs: list[Sequence]) -> Tensor:
-    """(B, longest table) int32 CPU tensor of the sequences' block tables, zero-padded (the rows are copied from
-    the tables' int32 arrays into one: several times faster than a tensor from nested lists)."""
-    width = max([len(s.block_table) for s in seqs])
+def block_tables(seqs: list[Sequence], width: int | None = None) -> Tensor:
+    """(B, width or the longest table) int32 CPU tensor of the sequences' block tables, zero-padded (the rows are
+    copied from the tables' int32 arrays into one: several times faster than a tensor from nested lists)."""
+    width = width or max([len(s.block_table) for s in seqs])
     flat = array("i", bytes(4 * width * len(seqs)))
     for i, s in enumerate(seqs):
         table = s.block_table
@@ -77,7 +78,9 @@ def decode_rows(seqs: list[Sequence], rows: dict[int, int], size: int, block_siz
 
 @dataclass
 class StepLogits:
-    logits: Tensor  # (R, V) fp32: one row per sequence that samples this step, in `sample_seqs` order
+    # (R, V): one row per sequence that samples this step, in `sample_seqs` order; fp32, or from a CUDA graph the
+    # model's dtype (the sampler converts what it reads), a view of the graph's output valid until its next replay
+    logits: Tensor
     sample_seqs: list[Sequence]
     # seq_id -> (first position, (m, V) fp32 logits at prompt positions first .. first + m - 1), for prompt logprobs
     prompt_logits: dict[int, tuple[int, Tensor]] = field(default_factory=dict)
@@ -164,7 +167,8 @@ class ModelRunner:
         self.max_blocks_per_seq = math.ceil(self.max_model_len / self.block_size)
         self.ops = ops_for(self.device)
         self.num_kv_heads = mc.num_kv_heads // self.tp_size  # this rank's
-        self.decoder = FusedDecoder(self.model, self.ops, tp_group)  # takes over the model's w1/w3 (fused into w13)
+        # takes over the model's w1/w3 (fused into w13)
+        self.decoder = FusedDecoder(self.model, self.ops, tp_group, self.max_model_len)
         self.num_blocks = config.num_kv_blocks or self._auto_num_blocks()
         shape = (self.num_blocks, self.block_size, self.num_kv_heads, mc.head_dim)
         self.k_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(mc.num_layers)]
@@ -367,22 +371,25 @@ class ModelRunner:
     def _capture_graphs(self) -> None:
         top = self._graph_sizes()[-1]
         dev, i32 = self.device, torch.int32
-        # static inputs of the graphs; rows: ids, positions, slots, context lengths (copied to int32 for the
-        # kernel), rows of the fed tokens
-        self._g_vec = torch.zeros(5, top, dtype=torch.long, device=dev)
-        self._g_ids, self._g_pos, self._g_slots = self._g_vec[0], self._g_vec[1], self._g_vec[2]
-        self._g_slots.fill_(-1)
+        # static inputs of the graphs: a step's rows (`decode_rows`: ids, positions, slots, context lengths, rows
+        # of the fed tokens) are staged in one copy as (5, size) for the graph of that size (`_staged`); the graph
+        # reads its positions and slots from there, and the ids and int32 context lengths from what
+        # `decode_inputs` writes
+        self._g_stage = torch.zeros(5 * top, dtype=torch.long, device=dev)
+        self._g_ids = torch.zeros(top, dtype=torch.long, device=dev)
         self._g_ctx = torch.ones(top, dtype=i32, device=dev)
         self._g_tables = torch.zeros(top, self.max_blocks_per_seq, dtype=i32, device=dev)
         cu = torch.arange(top + 1, dtype=i32, device=dev)
         pool = None
         for size in reversed(self._graph_sizes()):  # largest first, so smaller graphs reuse its memory pool
             attn = PagedAttention(self.k_caches, self.v_caches, self.ops)
-            attn.meta = AttentionMetadata(self._g_slots[:size], self._g_tables[:size], self._g_ctx[:size],
+            stage = self._staged(size)
+            stage[2].fill_(-1)  # slots: the warm-up and capture write nowhere
+            attn.meta = AttentionMetadata(stage[2], self._g_tables[:size], self._g_ctx[:size],
                                           cu[: size + 1], 1, self.max_model_len, decode_only=True)
 
-            def step(size=size, attn=attn):
-                return self.decoder.logits(self.decoder(self._g_ids[:size], self._g_pos[:size], attn))
+            def step(size=size, attn=attn, pos=stage[1]):
+                return self.decoder.logits(self.decoder(self._g_ids[:size], pos, attn))
 
             stream = torch.cuda.Stream(dev)
             stream.wait_stream(torch.cuda.current_stream(dev))
@@ -414,13 +421,20 @@ class ModelRunner:
         # staged inputs, one row each: ids, positions, slots, context lengths, row of the fed token (-1: none);
         # padded columns: token 0 at position 0, written nowhere, attending to one slot
         vec, fed, _ = decode_rows(batch.seqs, feed.rows if feed is not None else {}, size, bs)
-        self._g_vec[:, :size].copy_(to_device(vec, torch.long, self.device))
-        self._g_ctx[:size].copy_(self._g_vec[3, :size])
-        if fed:  # the tokens sampled by the step before, without a round trip through the host
-            g_src = self._g_vec[4, :size]
-            self._g_ids[:size] = torch.where(g_src >= 0, feed.tokens[g_src.clamp(min=0)], self._g_ids[:size])
-        tables = block_tables(batch.seqs)
-        self._g_tables[:B, : tables.shape[1]].copy_(to_device(tables, torch.int32, self.device))
+        stage = self._staged(size)
+        stage.view(-1).copy_(vec.view(-1).pin_memory(), non_blocking=True)  # no stream sync: see to_device
+        # ids (the fed ones from the step before's samples, without a round trip through the host), int32 lengths
+        decode_inputs(stage, feed.tokens if fed else None, self._g_ids[:size], self._g_ctx[:size])
+        width = self.max_blocks_per_seq
+        if B * width <= 1 << 16:  # whole rows: one copy into the graph's table
+            self._g_tables[:B].copy_(block_tables(batch.seqs, width).pin_memory(), non_blocking=True)
+        else:  # the used columns only: less host work for long tables, one more device copy
+            tables = block_tables(batch.seqs)
+            self._g_tables[:B, : tables.shape[1]].copy_(to_device(tables, torch.int32, self.device))
         graph.replay()
         self.graph_replays += 1
-        return StepLogits(out[:B].float(), list(batch.seqs))
+        return StepLogits(out[:B], list(batch.seqs))  # in the model's dtype; the sampler converts what it needs
+
+    def _staged(self, size: int) -> Tensor:
+        """The (5, size) staged inputs of the graph for `size` columns (a view of one buffer shared by all)."""
+        return self._g_stage[: 5 * size].view(5, size)

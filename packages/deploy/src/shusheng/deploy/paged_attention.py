@@ -33,6 +33,10 @@ class TorchOps:
     silu_mul = staticmethod(kernels.silu_mul_ref)
     linear = staticmethod(F.linear)
 
+    @staticmethod
+    def linear_silu_mul(x: Tensor, w13: Tensor) -> Tensor:
+        return kernels.silu_mul_ref(F.linear(x, w13))
+
 
 class TritonOps:
     """The Triton kernels (CUDA, or Triton's interpreter)."""
@@ -45,6 +49,7 @@ class TritonOps:
     qkv_rotary = staticmethod(kernels.qkv_rotary)
     silu_mul = staticmethod(kernels.silu_mul)
     linear = staticmethod(kernels.linear)
+    linear_silu_mul = staticmethod(kernels.linear_silu_mul)
 
 
 @dataclass

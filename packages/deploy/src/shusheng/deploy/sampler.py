@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from . import kernels
 from .sampling_params import SamplingParams
 
 
@@ -223,6 +224,9 @@ class Sampler(nn.Module):
         missing = [i for i in tensors.seeded_rows if i not in generators]
         if missing:
             raise ValueError(f"rows {missing} have a seed but no generator: pass make_generator(seed, device)")
+        if (tensors.all_greedy and tensors.max_num_logprobs is None and not tensors.chosen_logprobs
+                and tensors.min_tokens_rows is None and tensors.presence_penalties is None):
+            return SamplerOutput(argmax_rows(logits), None)  # in the logits' own dtype: no fp32 copy
         raw = logits.float()  # (B, V)
         raw_logprobs = raw.log_softmax(-1) if tensors.max_num_logprobs is not None else None
 
@@ -257,9 +261,10 @@ class Sampler(nn.Module):
 
 
 def argmax_rows(x: Tensor, max_rows: int = 8) -> Tensor:
-    """`x.argmax(-1)` of a (B, V) tensor, the first maximum on ties. A few long rows are reduced in two stages,
-    chunk maxima then the best chunk: one row per thread block would leave most of a GPU idle (92k logits: 21 us
-    against a few)."""
+    """`x.argmax(-1)` of a (B, V) tensor, the first maximum on ties. On a GPU, the Triton kernel
+    (`kernels.argmax`); otherwise a few long rows are reduced in two stages, chunk maxima then the best chunk."""
+    if x.is_cuda and kernels.HAS_TRITON and x.stride(-1) == 1:
+        return kernels.argmax(x)  # one launch, any float dtype
     B, V = x.shape
     chunks = next((c for c in (256, 128, 64, 32) if V % c == 0 and V // c >= 32), None)
     if B > max_rows or chunks is None:

@@ -78,10 +78,11 @@ def _decode_split_kernel(
     IN_PRECISION: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    pdl_enter(PDL)  # before the early return below too: every program must wait
     b = tl.program_id(0)
     kv = tl.program_id(1)
     s = tl.program_id(2)
+    # the context lengths are never written by the kernel just before (under PDL the one before may still run;
+    # the ones before it have finished): read them while it ends
     L = tl.load(context_lens_ptr + b)
     if DIRECT:
         lo = 0
@@ -90,6 +91,7 @@ def _decode_split_kernel(
         split_len = _split_len(L, num_splits, BLOCK_N)
         lo = s * split_len
         hi = tl.minimum(lo + split_len, L)
+    pdl_enter(PDL)  # before the early return below too: every program must wait
     if lo >= hi:  # an empty split of a short sequence: neither counted nor merged
         return
 

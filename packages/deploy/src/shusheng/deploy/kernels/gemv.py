@@ -14,6 +14,11 @@ Kernels:
   the end (no tensor cores: they would idle anyway).
 - `_gemv_dot_kernel` (M <= 16): x's rows padded to 16 and `tl.dot` per K-tile (its loads are software-pipelined).
 
+With `glu=True` either kernel computes SwiGLU over a fused [w1 | w3] weight: its output columns are taken as
+interleaved (gate j, up j) pairs, so a program holds both halves of its pairs and stores silu(gate) * up, with
+`silu_mul`'s rounding points, instead of the product: the activation costs no kernel of its own (on an H200 the
+7B w1|w3 went from 60.1 us with cuBLAS + `silu_mul` to 57.9 us, and its floor is 54.6).
+
 On Hopper and newer the kernels launch with programmatic dependent launch (`_triton.use_pdl`): their programs are
 resident and set up while the previous kernel finishes, and wait for it before touching x (`pdl_enter`). Asking L2
 for the first weight bytes before that wait was measured too and gained nothing (docs/benchmarks.md).
@@ -39,15 +44,44 @@ from shusheng.deploy.kernels._triton import (
     tl,
     triton,
 )
+from shusheng.deploy.kernels.swiglu import silu_mul
 
 MAX_ROWS = 16  # x with more rows goes to cuBLAS (F.linear)
 
 
 @triton.jit
+def _weight_rows(rn, N, GLU: tl.constexpr):
+    """The weight rows of output columns `rn`: themselves, or with GLU (columns interleaved gate, up, gate, up, ...
+    over a [gate | up] weight of N rows) gate row j and up row N/2 + j for columns 2j and 2j + 1."""
+    if GLU:
+        return (rn % 2) * (N // 2) + rn // 2
+    return rn
+
+
+@triton.jit
+def _store(acc, y_ptr, rm, rn, m_mask, n_mask, stride_ym, N, GLU: tl.constexpr):
+    """Store the fp32 tile `acc` to y rounded to y's dtype; with GLU, y[:, j] = silu(gate) * up of the interleaved
+    column pair (2j, 2j + 1), with `silu_mul`'s rounding points (the GEMM output, then silu, then the product)."""
+    dt = y_ptr.dtype.element_ty
+    if GLU:
+        BM: tl.constexpr = acc.shape[0]
+        BN: tl.constexpr = acc.shape[1] // 2
+        gate, up = tl.split(tl.reshape(acc, (BM, BN, 2)))
+        gate = gate.to(dt).to(tl.float32)
+        act = (gate / (1.0 + tl.exp(-gate))).to(dt).to(tl.float32)
+        j = tl.program_id(0) * BN + tl.arange(0, BN)
+        mask = m_mask[:, None] & (j < N // 2)[None, :]
+        tl.store(y_ptr + rm[:, None] * stride_ym + j[None, :], (act * up.to(dt).to(tl.float32)).to(dt), mask=mask)
+    else:
+        tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], acc.to(dt), mask=m_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
 def _finish(acc, y_ptr, b_ptr, ws_ptr, cnt_ptr, rm, rn, m_mask, n_mask, stride_ym, N, M_PAD: tl.constexpr,
-            HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr):
-    """Store the [M_PAD, BLOCK_N] fp32 tile `acc` (+ bias) to y; with split-K, the last of the SPLIT programs of a
-    column block sums the partials the others left in the workspace (and re-arms the block's counter)."""
+            HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, GLU: tl.constexpr):
+    """Store the [M_PAD, BLOCK_N] fp32 tile `acc` (+ bias) to y (`_store`); with split-K, the last of the SPLIT
+    programs of a column block sums the partials the others left in the workspace (and re-arms the block's
+    counter)."""
     mask = m_mask[:, None] & n_mask[None, :]
     if SPLIT > 1:
         pid_k = tl.program_id(1)
@@ -60,25 +94,25 @@ def _finish(acc, y_ptr, b_ptr, ws_ptr, cnt_ptr, rm, rn, m_mask, n_mask, stride_y
                 acc += tl.load(ws + k * M_PAD * N, mask=mask, other=0.0, cache_modifier=".cg")
             if HAS_BIAS:
                 acc += tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-            tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
+            _store(acc, y_ptr, rm, rn, m_mask, n_mask, stride_ym, N, GLU)
             tl.atomic_xchg(cnt_ptr + tl.program_id(0), 0)
     else:
         if HAS_BIAS:
             acc += tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-        tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
+        _store(acc, y_ptr, rm, rn, m_mask, n_mask, stride_ym, N, GLU)
 
 
 @triton.jit
 def _gemv_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, K_CHUNK, stride_wn,
                       HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
-                      PDL: tl.constexpr):
+                      PDL: tl.constexpr, GLU: tl.constexpr):
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     n_mask = rn < N
     k_lo = tl.program_id(1) * K_CHUNK
     k_hi = tl.minimum(k_lo + K_CHUNK, K)
     pdl_enter(PDL)
-    w_ptrs = w_ptr + rn[:, None].to(tl.int64) * stride_wn + rk[None, :]
+    w_ptrs = w_ptr + _weight_rows(rn, N, GLU)[:, None].to(tl.int64) * stride_wn + rk[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         k_mask = rk + k0 < k_hi
@@ -87,13 +121,13 @@ def _gemv_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, K_CHUNK
         acc += w * x[None, :]
     y = tl.sum(acc, axis=1)[None, :]
     rm = tl.arange(0, 1)
-    _finish(y, y_ptr, b_ptr, ws_ptr, cnt_ptr, rm, rn, rm < 1, n_mask, 0, N, 1, HAS_BIAS, SPLIT)
+    _finish(y, y_ptr, b_ptr, ws_ptr, cnt_ptr, rm, rn, rm < 1, n_mask, 0, N, 1, HAS_BIAS, SPLIT, GLU)
 
 
 @triton.jit(do_not_specialize=["M"])  # 1..16 rows: one binary for all
 def _gemv_dot_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, K_CHUNK, stride_xm, stride_wn, stride_ym,
                      HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, PDL: tl.constexpr):
+                     BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, PDL: tl.constexpr, GLU: tl.constexpr):
     rm = tl.arange(0, BLOCK_M)
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
@@ -102,14 +136,15 @@ def _gemv_dot_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, K_CHU
     k_hi = tl.minimum(k_lo + K_CHUNK, K)
     pdl_enter(PDL)
     x_ptrs = x_ptr + rm[:, None] * stride_xm + rk[None, :]
-    w_ptrs = w_ptr + rn[:, None].to(tl.int64) * stride_wn + rk[None, :]
+    w_ptrs = w_ptr + _weight_rows(rn, N, GLU)[:, None].to(tl.int64) * stride_wn + rk[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         k_mask = rk + k0 < k_hi
         x = tl.load(x_ptrs + k0, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
         w = tl.load(w_ptrs + k0, mask=n_mask[:, None] & k_mask[None, :], other=0.0)
         acc += tl.dot(x, tl.trans(w), input_precision=PRECISION)
-    _finish(acc, y_ptr, b_ptr, ws_ptr, cnt_ptr, rm, rn, m_mask, n_mask, stride_ym, N, BLOCK_M, HAS_BIAS, SPLIT)
+    _finish(acc, y_ptr, b_ptr, ws_ptr, cnt_ptr, rm, rn, m_mask, n_mask, stride_ym, N, BLOCK_M, HAS_BIAS, SPLIT,
+            GLU)
 
 
 # (variant, BLOCK_N, BLOCK_K, num_warps, num_stages, SPLIT) candidates; "cublas" is F.linear itself
@@ -123,6 +158,7 @@ _CANDIDATES = [
 ]
 _picked: dict[tuple, tuple] = {}
 TUNE_CUBLAS = True  # cuBLAS is one of the timed candidates (False: the best Triton configuration serves every shape)
+GLU_EPILOGUE = True  # `linear_silu_mul` may apply SwiGLU in the GEMM's epilogue (False: always a kernel of its own)
 
 
 def candidates(M: int) -> list[tuple]:
@@ -130,9 +166,11 @@ def candidates(M: int) -> list[tuple]:
     return [c for c in _CANDIDATES if c[0] == "dot" or M == 1]
 
 
-def _launch(cfg, x, w, b, y):
+def _launch(cfg, x, w, b, y, glu=False):
     variant, block_n, block_k, warps, stages, split = cfg
     if variant == "cublas":
+        if glu:
+            return silu_mul(torch.mm(x, w.t()), out=y)
         return torch.addmm(b, x, w.t(), out=y) if b is not None else torch.mm(x, w.t(), out=y)
     M, K = x.shape
     N = w.shape[0]
@@ -146,7 +184,7 @@ def _launch(cfg, x, w, b, y):
     else:
         ws = cnt = y
     bias = b if b is not None else w  # never read without HAS_BIAS
-    common = dict(HAS_BIAS=b is not None, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split, num_warps=warps,
+    common = dict(HAS_BIAS=b is not None, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split, GLU=glu, num_warps=warps,
                   num_stages=stages, **pdl_args(x.device))
     if variant == "rows":
         _gemv_rows_kernel[grid](x, w, bias, y, ws, cnt, N, K, k_chunk, w.stride(0), **common)
@@ -186,9 +224,9 @@ def rotation(w: torch.Tensor, min_bytes: int = 256 << 20, max_copies: int = 32) 
     return [w] + [w.clone() for _ in range(n - 1)]
 
 
-def _config(x, w, b, y):
+def _config(x, w, b, y, glu):
     M = x.shape[0]
-    key = (M == 1, M <= 4, w.shape[0], w.shape[1], w.dtype, b is not None, w.device)
+    key = (M == 1, M <= 4, w.shape[0], w.shape[1], w.dtype, b is not None, w.device, glu)
     cfg = _picked.get(key)
     if cfg is not None:
         return cfg
@@ -196,44 +234,62 @@ def _config(x, w, b, y):
         return candidates(M)[0]
     if torch.cuda.is_current_stream_capturing():
         return CUBLAS  # nothing timed for this shape: cuBLAS, never wrong and never far off
-    times = tune(x, w, b, y)
+    times = tune(x, w, b, y, glu)
     _picked[key] = cfg = min(times, key=times.get)
     return cfg
 
 
-def tune(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, y: torch.Tensor) -> dict[tuple, float]:
-    """Seconds per call of cuBLAS and of every candidate configuration for these operands (`time_in_graph`)."""
+def tune(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, y: torch.Tensor,
+         glu: bool = False) -> dict[tuple, float]:
+    """Seconds per call of cuBLAS (followed by `silu_mul` with `glu`) and of every candidate configuration for
+    these operands (`time_in_graph`)."""
     weights = rotation(w)
-    return {cfg: time_in_graph(lambda wt, cfg=cfg: _launch(cfg, x, wt, b, y), weights)
+    return {cfg: time_in_graph(lambda wt, cfg=cfg: _launch(cfg, x, wt, b, y, glu), weights)
             for cfg in [CUBLAS] * TUNE_CUBLAS + candidates(x.shape[0])}
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-         config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
-    """x @ weight.T (+ bias) for x with 1..16 rows (Triton kernel).
+         config: tuple[int, int, int, int] | None = None, glu: bool = False) -> torch.Tensor:
+    """x @ weight.T (+ bias) for x with 1..16 rows (Triton kernel); with `glu`, silu(gate) * up of that product.
 
     Args:
         x: [M, K], 1 <= M <= 16, fp32/fp16/bf16, last dim contiguous.
-        weight: [N, K] contiguous, x's dtype. bias: [N] or None.
+        weight: [N, K] contiguous, x's dtype; with `glu` the [gate | up] rows of a fused w1|w3 (N = 2F).
+        bias: [N] or None (not with `glu`).
         config: a `_CANDIDATES` entry (or CUBLAS) to force (tests, benchmarks); otherwise the fastest of them for
             this shape, timed in a CUDA graph on first use.
+        glu: apply SwiGLU in the kernel's epilogue (`silu_mul` of the product, with its rounding points): each
+            program computes a gate column and its up column together, so the activation costs no kernel of its own.
 
     Returns:
-        y [M, N] in x's dtype.
+        y [M, N] in x's dtype, or [M, F] with `glu`.
     """
     require_triton("gemv")
     M, K = x.shape
+    N = weight.shape[0]
     assert 1 <= M <= MAX_ROWS, f"gemv takes 1..{MAX_ROWS} rows, got {M}"
     assert weight.dim() == 2 and weight.shape[1] == K and weight.is_contiguous(), "weight must be contiguous [N, K]"
     assert x.stride(1) == 1 and x.dtype == weight.dtype, "x must be [M, K] in the weight's dtype, K contiguous"
-    y = x.new_empty(M, weight.shape[0])
-    return _launch(config or _config(x, weight, bias, y), x, weight, bias, y)
+    assert not glu or (N % 2 == 0 and bias is None), "glu takes an even number of weight rows and no bias"
+    y = x.new_empty(M, N // 2 if glu else N)
+    return _launch(config or _config(x, weight, bias, y, glu), x, weight, bias, y, glu)
+
+
+def _skinny(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the skinny-GEMM kernels serve x @ weight.T: 1..16 rows of 2-D fp16/bf16 input on a GPU (fp32 stays
+    on cuBLAS, whose fp32 GEMMs the tests compare exactly with the reference)."""
+    return (HAS_TRITON and x.is_cuda and x.dim() == 2 and 1 <= x.shape[0] <= MAX_ROWS and x.stride(1) == 1
+            and weight.is_contiguous() and x.dtype == weight.dtype and x.dtype in (torch.float16, torch.bfloat16))
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear` for the engine: the skinny-GEMM kernel for 1..16 rows of 2-D fp16/bf16 input on a GPU, cuBLAS
-    otherwise (fp32 stays on cuBLAS, whose fp32 GEMMs the tests compare exactly with the reference)."""
-    if HAS_TRITON and x.is_cuda and x.dim() == 2 and 1 <= x.shape[0] <= MAX_ROWS and x.stride(1) == 1 \
-            and weight.is_contiguous() and x.dtype == weight.dtype and x.dtype in (torch.float16, torch.bfloat16):
-        return gemv(x, weight, bias)
-    return F.linear(x, weight, bias)
+    """`F.linear` for the engine: the skinny-GEMM kernel where it serves (`_skinny`), cuBLAS otherwise."""
+    return gemv(x, weight, bias) if _skinny(x, weight) else F.linear(x, weight, bias)
+
+
+def linear_silu_mul(x: torch.Tensor, w13: torch.Tensor) -> torch.Tensor:
+    """`silu_mul(F.linear(x, w13))` for the engine: SwiGLU over a fused [w1 | w3] weight, in one skinny-GEMM kernel
+    where it serves (`gemv(glu=True)`, or cuBLAS and `silu_mul` if the tuner times those faster)."""
+    if _skinny(x, w13):
+        return gemv(x, w13, glu=True) if GLU_EPILOGUE else silu_mul(gemv(x, w13))
+    return silu_mul(F.linear(x, w13))

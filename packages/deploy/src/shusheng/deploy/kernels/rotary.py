@@ -41,15 +41,19 @@ def _qkv_rotary_kernel(
     BLOCK_HALF: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    pdl_enter(PDL)
     HALF: tl.constexpr = D // 2
     dt = q_ptr.dtype.element_ty
     n = tl.program_id(0).to(tl.int64)
     i = tl.arange(0, BLOCK_HALF)  # [BLOCK_HALF] position within a half
     imask = i < HALF
+    # positions, frequencies and slots are never written by the kernel just before (under PDL the one before
+    # may still run; the ones before it have finished): read them and make cos/sin while it ends
     angle = tl.load(pos_ptr + n).to(tl.float32) * tl.load(inv_freq_ptr + i, mask=imask, other=0.0)  # fp32
     c = tl.cos(angle).to(dt).to(tl.float32)[None, :]  # [1, BLOCK_HALF], rounded to the activation dtype
     s = tl.sin(angle).to(dt).to(tl.float32)[None, :]
+    if TO_CACHE:
+        slot = tl.load(slot_ptr + n).to(tl.int64)  # < 0: a padding token, written nowhere
+    pdl_enter(PDL)
 
     r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BLOCK_R] rotated-head index in [0, KV * (G + 1))
     kv = r // (G + 1)
@@ -71,7 +75,6 @@ def _qkv_rotary_kernel(
     tl.store(k_dst, o1, mask=mask & ~is_q)
     tl.store(k_dst + HALF, o2, mask=mask & ~is_q)
     if TO_CACHE:  # the k head's rows also go to the cache at the token's slot, with the group's v row beside them
-        slot = tl.load(slot_ptr + n).to(tl.int64)  # < 0: a padding token, written nowhere
         is_k = mask & ~is_q & ((r * 0 + slot) >= 0)[:, None]
         dst = slot * (KV * D) + kv[:, None] * D + i[None, :]
         tl.store(k_cache_ptr + dst, o1, mask=is_k)
