@@ -108,3 +108,30 @@ def test_argmax_cuda_graph():
         x.copy_(logits_with_ties(2, 92544, torch.bfloat16, seed=seed))
         graph.replay()
         assert torch.equal(ids, argmax_ref(x))
+
+
+def _binaries(kernel) -> int:
+    caches = getattr(kernel, "device_caches", None)
+    if not caches:
+        pytest.skip("this triton keeps its compiled kernels elsewhere")
+    return sum(len(c[0]) for c in caches.values())
+
+
+@pytest.mark.gpu
+def test_one_binary_for_every_batch_size():
+    """A decode step's batch size must not pick a new binary: a compile in the middle of serving stalls a request
+    for hundreds of milliseconds."""
+    from shusheng.deploy.kernels.argmax import _argmax_kernel
+    from shusheng.deploy.kernels.decode_inputs import _decode_inputs_kernel
+
+    argmax(logits_with_ties(1, 92544, torch.bfloat16, seed=0))
+    stage = torch.zeros(5, 1, dtype=torch.long, device=DEVICE)
+    decode_inputs(stage, None, torch.zeros(1, dtype=torch.long, device=DEVICE), torch.zeros(1, dtype=torch.int32,
+                                                                                             device=DEVICE))
+    before = _binaries(_argmax_kernel), _binaries(_decode_inputs_kernel)
+    for B in (2, 3, 5, 16, 33, 256):
+        argmax(logits_with_ties(B, 92544, torch.bfloat16, seed=B))
+        stage = torch.zeros(5, B, dtype=torch.long, device=DEVICE)
+        decode_inputs(stage, None, torch.zeros(B, dtype=torch.long, device=DEVICE),
+                      torch.zeros(B, dtype=torch.int32, device=DEVICE))
+    assert (_binaries(_argmax_kernel), _binaries(_decode_inputs_kernel)) == before

@@ -3,11 +3,13 @@
 Layout: x [B, V] (last dim contiguous, row stride free), fp32, fp16 or bf16 (the LM head's own output: converting
 to fp32 first is exact and would not change the answer, so no copy is made); ids [B] int64.
 
-Kernel: grid (B, SPLIT). Program (b, s) scans its chunk of row b in tiles of BLOCK, keeping per lane the first
-largest value and its index, then reduces the lanes (largest value, then smallest index). With SPLIT > 1 it leaves
-that pair in a workspace, and the last of the row's SPLIT programs to arrive (an arrival counter, as the skinny GEMM's
-split-K does) reduces the row's pairs, so a few rows of 92k logits still spread over the whole GPU without a second
-kernel. Replacing the fp32 copy and the two-stage torch reduction (six kernels) saved ~20 us a decode step.
+Kernel: grid (B, split). Program (b, s) scans its chunk of row b in tiles of BLOCK, keeping per lane the first
+largest value and its index, then reduces the lanes (largest value, then smallest index). It leaves that pair in a
+workspace, and the last of the row's programs to arrive (an arrival counter, as the skinny GEMM's split-K does)
+reduces the row's pairs, so a few rows of 92k logits still spread over the whole GPU without a second kernel. The
+split is a runtime argument: one compiled binary serves every batch size (a compile in the middle of serving costs a
+request hundreds of milliseconds). Replacing the fp32 copy and the two-stage torch reduction (six kernels) saved
+~20 us a decode step.
 
 NaN: counted as +inf (torch's argmax returns the first NaN; here a NaN ties with +inf). Rows all -inf give 0, as torch.
 """
@@ -28,9 +30,9 @@ def _first_max(v, i, BIG: tl.constexpr):
     return m, tl.min(tl.where(v == m, i, BIG), axis=0)
 
 
-@triton.jit(do_not_specialize=["B"])
-def _argmax_kernel(x_ptr, ids_ptr, ws_v_ptr, ws_i_ptr, cnt_ptr, B, V, CHUNK, stride_x,
-                   SPLIT: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+@triton.jit(do_not_specialize=["B", "split", "CHUNK"])  # one binary for every batch size
+def _argmax_kernel(x_ptr, ids_ptr, ws_v_ptr, ws_i_ptr, cnt_ptr, B, V, CHUNK, stride_x, split,
+                   MAX_SPLIT: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     BIG: tl.constexpr = 2147483647
     row = tl.program_id(0)
     part = tl.program_id(1)
@@ -48,26 +50,25 @@ def _argmax_kernel(x_ptr, ids_ptr, ws_v_ptr, ws_i_ptr, cnt_ptr, B, V, CHUNK, str
         best_v = tl.where(take, v, best_v)
         best_i = tl.where(take, offs, best_i)
     m, i = _first_max(best_v, best_i, BIG)
-    if SPLIT > 1:
-        tl.store(ws_v_ptr + row * SPLIT + part, m)
-        tl.store(ws_i_ptr + row * SPLIT + part, i)
-        done = tl.atomic_add(cnt_ptr + row, 1, sem="acq_rel")  # releases the stores above
-        if done == SPLIT - 1:
-            parts = tl.arange(0, SPLIT)
-            pv = tl.load(ws_v_ptr + row * SPLIT + parts, cache_modifier=".cg")
-            pi = tl.load(ws_i_ptr + row * SPLIT + parts, cache_modifier=".cg")
-            m, i = _first_max(pv, pi, BIG)
-            tl.store(ids_ptr + row, tl.where(i == BIG, 0, i).to(tl.int64))
-            tl.atomic_xchg(cnt_ptr + row, 0)
-    else:
+    tl.store(ws_v_ptr + row * split + part, m)
+    tl.store(ws_i_ptr + row * split + part, i)
+    done = tl.atomic_add(cnt_ptr + row, 1, sem="acq_rel")  # releases the stores above
+    if done == split - 1:
+        parts = tl.arange(0, MAX_SPLIT)
+        pv = tl.load(ws_v_ptr + row * split + parts, mask=parts < split, other=float("-inf"), cache_modifier=".cg")
+        pi = tl.load(ws_i_ptr + row * split + parts, mask=parts < split, other=BIG, cache_modifier=".cg")
+        m, i = _first_max(pv, pi, BIG)
         tl.store(ids_ptr + row, tl.where(i == BIG, 0, i).to(tl.int64))
+        tl.atomic_xchg(cnt_ptr + row, 0)
+
+
+MAX_SPLIT = 128
 
 
 def _splits(B: int, V: int, device: torch.device) -> int:
-    """Programs per row: enough for about two per SM over the batch, a power of two (the final reduce's tile)."""
+    """Programs per row: enough for about two per SM over the batch, at most MAX_SPLIT (the final reduce's tile)."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
-    want = min(triton.cdiv(2 * sms, B), triton.cdiv(V, BLOCK))
-    return 1 if want <= 1 else min(triton.next_power_of_2(want), 128)
+    return max(1, min(triton.cdiv(2 * sms, B), triton.cdiv(V, BLOCK), MAX_SPLIT))
 
 
 def argmax(x: torch.Tensor) -> torch.Tensor:
@@ -88,14 +89,12 @@ def argmax(x: torch.Tensor) -> torch.Tensor:
         return ids
     split = _splits(B, V, x.device)
     chunk = triton.cdiv(triton.cdiv(V, split), BLOCK) * BLOCK
-    if split > 1:  # partial (value, index) pairs and per-row arrival counters (each launch leaves them zero)
-        ws_v = kept_buffer("argmax values", x.device, B * split, torch.float32)
-        ws_i = kept_buffer("argmax indices", x.device, B * split, torch.int32)
-        cnt = kept_buffer("argmax counters", x.device, B, torch.int32, zero=True)
-    else:
-        ws_v = ws_i = cnt = ids
-    _argmax_kernel[(B, split)](x, ids, ws_v, ws_i, cnt, B, V, chunk, x.stride(0), SPLIT=split, BLOCK=BLOCK,
-                               num_warps=4, **pdl_args(x.device))
+    # partial (value, index) pairs and per-row arrival counters (each launch leaves them zero)
+    ws_v = kept_buffer("argmax values", x.device, B * split, torch.float32)
+    ws_i = kept_buffer("argmax indices", x.device, B * split, torch.int32)
+    cnt = kept_buffer("argmax counters", x.device, B, torch.int32, zero=True)
+    _argmax_kernel[(B, split)](x, ids, ws_v, ws_i, cnt, B, V, chunk, x.stride(0), split, MAX_SPLIT=MAX_SPLIT,
+                               BLOCK=BLOCK, num_warps=4, **pdl_args(x.device))
     return ids
 
 

@@ -19,7 +19,7 @@ from shusheng.deploy.kernels._triton import require_triton, tl, triton
 BLOCK = 256
 
 
-@triton.jit(do_not_specialize=["S"])
+@triton.jit(do_not_specialize=["S", "stride_stage"])  # one binary for every graph size
 def _decode_inputs_kernel(stage_ptr, feed_ptr, ids_ptr, ctx_ptr, S, stride_stage, HAS_FEED: tl.constexpr,
                           BLOCK: tl.constexpr):
     j = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
