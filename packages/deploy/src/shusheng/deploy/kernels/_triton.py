@@ -2,6 +2,7 @@
 CPU-only torch their `@triton.jit` kernels are plain functions that are never launched, and the PyTorch references
 beside them still work."""
 
+import functools
 import os
 
 import torch
@@ -25,6 +26,18 @@ try:  # grid dependency control (Hopper's programmatic dependent launch), triton
 except ImportError:
     HAS_PDL = False
     gdc_launch_dependents = gdc_wait = None
+
+
+DEFAULT_NUM_SMS = 132  # H100 SXM; used on CPU / under the interpreter
+
+
+@functools.lru_cache
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of `device` (DEFAULT_NUM_SMS off CUDA), looked up once: launch sizing reads it
+    every step."""
+    if device.type != "cuda":
+        return DEFAULT_NUM_SMS
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def require_triton(name: str) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from shusheng.deploy.kernels._triton import kept_buffer, pdl_args, pdl_enter, require_triton, tl, triton
+from shusheng.deploy.kernels._triton import kept_buffer, num_sms, pdl_args, pdl_enter, require_triton, tl, triton
 
 BLOCK = 1024
 
@@ -30,8 +30,8 @@ def _first_max(v, i, BIG: tl.constexpr):
     return m, tl.min(tl.where(v == m, i, BIG), axis=0)
 
 
-@triton.jit(do_not_specialize=["B", "split", "CHUNK"])  # one binary for every batch size
-def _argmax_kernel(x_ptr, ids_ptr, ws_v_ptr, ws_i_ptr, cnt_ptr, B, V, CHUNK, stride_x, split,
+@triton.jit(do_not_specialize=["split", "CHUNK"])  # one binary for every batch size
+def _argmax_kernel(x_ptr, ids_ptr, ws_v_ptr, ws_i_ptr, cnt_ptr, V, CHUNK, stride_x, split,
                    MAX_SPLIT: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     BIG: tl.constexpr = 2147483647
     row = tl.program_id(0)
@@ -67,8 +67,7 @@ MAX_SPLIT = 128
 
 def _splits(B: int, V: int, device: torch.device) -> int:
     """Programs per row: enough for about two per SM over the batch, at most MAX_SPLIT (the final reduce's tile)."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
-    return max(1, min(triton.cdiv(2 * sms, B), triton.cdiv(V, BLOCK), MAX_SPLIT))
+    return max(1, min(triton.cdiv(2 * num_sms(device), B), triton.cdiv(V, BLOCK), MAX_SPLIT))
 
 
 def argmax(x: torch.Tensor) -> torch.Tensor:
@@ -93,7 +92,7 @@ def argmax(x: torch.Tensor) -> torch.Tensor:
     ws_v = kept_buffer("argmax values", x.device, B * split, torch.float32)
     ws_i = kept_buffer("argmax indices", x.device, B * split, torch.int32)
     cnt = kept_buffer("argmax counters", x.device, B, torch.int32, zero=True)
-    _argmax_kernel[(B, split)](x, ids, ws_v, ws_i, cnt, B, V, chunk, x.stride(0), split, MAX_SPLIT=MAX_SPLIT,
+    _argmax_kernel[(B, split)](x, ids, ws_v, ws_i, cnt, V, chunk, x.stride(0), split, MAX_SPLIT=MAX_SPLIT,
                                BLOCK=BLOCK, num_warps=4, **pdl_args(x.device))
     return ids
 

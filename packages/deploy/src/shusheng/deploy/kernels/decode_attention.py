@@ -20,11 +20,18 @@ Splitting pays when B * KV programs leave SMs idle and contexts are long; `decod
 References: flash-decoding (Dao et al. 2023); the two-stage Triton decode kernels of LightLLM and SGLang.
 """
 
-import functools
-
 import torch
 
-from shusheng.deploy.kernels._triton import kept_buffer, pdl_args, pdl_enter, require_triton, tl, triton
+from shusheng.deploy.kernels._triton import (
+    DEFAULT_NUM_SMS,
+    kept_buffer,
+    num_sms,
+    pdl_args,
+    pdl_enter,
+    require_triton,
+    tl,
+    triton,
+)
 
 # K/V tile: BLOCK_N tokens of 32 KB (128 tokens for bf16, D = 128), so that K and V, two pipeline stages deep, take
 # 128 KB of shared memory. On an H100 128-token tiles read 1.3x faster than 64 when few programs run (B * KV small,
@@ -33,7 +40,6 @@ TILE_BYTES, MAX_BLOCK_N = 32768, 128
 NUM_WARPS, NUM_STAGES = 4, 2
 MAX_SPLITS = 16
 MIN_SPLIT_TOKENS = 256  # a shorter split costs more in launch and merge than it saves
-DEFAULT_NUM_SMS = 132  # H100 SXM; used on CPU / under the interpreter
 LOG2E = 1.4426950408889634
 
 
@@ -149,13 +155,6 @@ def _decode_split_kernel(
             tl.atomic_xchg(cnt, 0)  # re-armed for the next launch (CUDA-graph replays included)
 
 
-@functools.lru_cache
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return DEFAULT_NUM_SMS
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def decode_num_splits(batch_size: int, num_kv_heads: int, max_context_len: int, num_sms: int = DEFAULT_NUM_SMS) -> int:
     """How many splits per sequence `paged_decode_attention` uses when num_splits is None.
 
@@ -223,7 +222,7 @@ def paged_decode_attention(
     if num_splits is None:
         if max_context_len is None:
             max_context_len = int(context_lens.max())
-        num_splits = decode_num_splits(B, KV, max_context_len, _num_sms(q.device))
+        num_splits = decode_num_splits(B, KV, max_context_len, num_sms(q.device))
     assert num_splits >= 1
 
     G = H // KV
