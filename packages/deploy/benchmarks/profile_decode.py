@@ -73,9 +73,10 @@ def kernel_timeline(events: list[dict], steps: int) -> list[tuple[str, float, fl
     return sorted(rows, key=lambda r: -r[2])
 
 
-def profile_prefill(engine: LLMEngine, vocab_size: int, prompt_len: int, steps: int) -> int:
+def profile_prefill(engine: LLMEngine, vocab_size: int, prompt_len: int, steps: int, tables: bool = True) -> int:
     """Requests of `prompt_len` random tokens (no prefix-cache hits) to an idle engine, one at a time; each prefill
-    step timed alone, then the request is run to its end (2 tokens)."""
+    step timed alone, then the request is run to its end (2 tokens). `tables`: also profile and print where the
+    host time goes."""
     gen = torch.Generator().manual_seed(0)
 
     def one(prof: cProfile.Profile | None = None) -> tuple[float, float]:
@@ -99,6 +100,12 @@ def profile_prefill(engine: LLMEngine, vocab_size: int, prompt_len: int, steps: 
     for _ in range(5):
         one()
     plain = [one() for _ in range(steps)]
+    host, done = (statistics.median(x[i] for x in plain) * 1e3 for i in (0, 1))
+    pg = engine.runner.prefill_graphs
+    print(f"prefill of {prompt_len} tokens at an idle engine: step() returns after {host:.2f} ms (p50), the GPU is "
+          f"done after {done:.2f} ms; piecewise graph replays so far: {pg.replays if pg else 'off'}")
+    if not tables:
+        return 0
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                             torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
@@ -106,9 +113,6 @@ def profile_prefill(engine: LLMEngine, vocab_size: int, prompt_len: int, steps: 
     cprof = cProfile.Profile()
     for _ in range(steps):
         one(cprof)
-    host, done = (statistics.median(x[i] for x in plain) * 1e3 for i in (0, 1))
-    print(f"prefill of {prompt_len} tokens at an idle engine: step() returns after {host:.2f} ms (p50), the GPU is "
-          f"done after {done:.2f} ms")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
     print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15, max_name_column_width=60))
     pstats.Stats(cprof).sort_stats("tottime").print_stats(25)
@@ -121,7 +125,9 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--prefill", action="store_true", help="profile prefill steps of requests arriving one at a time")
-    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--prompt-len", default="128", help="prefill: prompt length, or several (comma-separated)")
+    p.add_argument("--no-tables", action="store_true", help="prefill: step times only, no profiler tables")
+    p.add_argument("--max-prefill-graph-tokens", type=int, default=2048, help="the engine option (0: eager prefill)")
     p.add_argument("--trace", default=None, help="decode: also write the profiled steps' Chrome trace here (kernel "
                    "timeline, CUDA-graph kernels included) and print each kernel's share (`kernel_timeline`)")
     args = p.parse_args()
@@ -129,10 +135,13 @@ def main() -> int:
     model = random_model(cfg)
     with tempfile.TemporaryDirectory() as d:
         tok = load_tokenizer(synthetic_tokenizer_file(Path(d), cfg.vocab_size))
-    engine = LLMEngine(EngineConfig(model=args.preset, device="cuda", max_model_len=2048, max_num_seqs=256),
+    engine = LLMEngine(EngineConfig(model=args.preset, device="cuda", max_model_len=2048, max_num_seqs=256,
+                                    max_prefill_graph_tokens=args.max_prefill_graph_tokens),
                        tokenizer=tok, model=model)
     if args.prefill:
-        return profile_prefill(engine, cfg.vocab_size, args.prompt_len, args.steps)
+        for n in args.prompt_len.split(","):
+            profile_prefill(engine, cfg.vocab_size, int(n), args.steps, tables=not args.no_tables)
+        return 0
     for _ in range(args.batch):
         engine.add_request(list(range(3, 131)), SamplingParams(max_tokens=4 * args.steps, ignore_eos=True,
                                                                temperature=0.0))

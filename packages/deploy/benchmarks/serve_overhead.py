@@ -137,7 +137,8 @@ def make_checkpoint(preset: str, folder: Path, device: str, dtype: torch.dtype) 
 def engine_options(args) -> dict:
     return dict(device=args.device, dtype=args.dtype, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
                 max_num_batched_tokens=args.max_num_batched_tokens,
-                gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager)
+                gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager,
+                max_prefill_graph_tokens=args.max_prefill_graph_tokens)
 
 
 def server_flags(opts: dict) -> list[str]:
@@ -149,6 +150,7 @@ def server_flags(opts: dict) -> list[str]:
         flags += ["--max-model-len", str(opts["max_model_len"])]
     if opts["enforce_eager"]:
         flags.append("--enforce-eager")
+    flags += ["--max-prefill-graph-tokens", str(opts["max_prefill_graph_tokens"])]
     return flags
 
 
@@ -352,6 +354,7 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--max-num-batched-tokens", type=int, default=8192)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--enforce-eager", action="store_true")
+    p.add_argument("--max-prefill-graph-tokens", type=int, default=2048, help="the engine option (0: eager prefill)")
     p.add_argument("--limit", type=float, default=1.10, help="the acceptance ratio (printed as a yes/NO column)")
     p.add_argument("--client", default="raw", choices=["raw", "httpx"],
                    help="bench-serve's HTTP client for the timed requests (default raw: the lean one)")

@@ -436,6 +436,7 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--max-num-batched-tokens", type=int, default=8192)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--enforce-eager", action="store_true")
+    p.add_argument("--max-prefill-graph-tokens", type=int, default=2048, help="the engine option (0: eager prefill)")
     p.add_argument("--profile-steps", action="store_true",
                    help="cProfile the engine's step() calls of the timed requests, offline and in the server")
     p.add_argument("--out", default=None, help="write every stamp and the tables here as JSON")

@@ -28,6 +28,9 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     g.add_argument("--block-size", type=int, default=16)
     g.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    g.add_argument("--max-prefill-graph-tokens", type=int, default=2048, metavar="N",
+                   help="prefill and mixed steps of up to N tokens replay CUDA graphs cut at the attention calls "
+                        "(0: eager)")
     g.add_argument("--no-prefix-caching", action="store_true")
     g.add_argument("--tp", type=int, default=1, metavar="N",
                    help="tensor parallelism: shard the model over N local GPUs (cuda:0 .. cuda:N-1), one process each")
@@ -38,7 +41,7 @@ def _engine_config(a: argparse.Namespace) -> EngineConfig:
         model=a.path, device=a.device, dtype=a.dtype, max_model_len=a.max_model_len, max_num_seqs=a.max_num_seqs,
         max_num_batched_tokens=a.max_num_batched_tokens, gpu_memory_utilization=a.gpu_memory_utilization,
         block_size=a.block_size, enforce_eager=a.enforce_eager, enable_prefix_caching=not a.no_prefix_caching,
-        tensor_parallel_size=a.tp,
+        tensor_parallel_size=a.tp, max_prefill_graph_tokens=a.max_prefill_graph_tokens,
     )
 
 

@@ -21,8 +21,11 @@ class EngineConfig:
         num_kv_blocks: fix the KV pool size instead of sizing it from free memory (tests, small pools).
         cpu_kv_cache_gb: KV pool size on CPU, where free memory is not profiled.
         enable_prefix_caching: reuse KV blocks of identical prompt prefixes across requests.
-        enforce_eager: never capture CUDA graphs for decode steps.
+        enforce_eager: never capture CUDA graphs (decode or prefill steps).
         max_graph_batch_size: the largest decode batch captured as a CUDA graph.
+        max_prefill_graph_tokens: the largest prefill or mixed step (in tokens) run as CUDA graphs cut at each
+            attention call (`prefill_graphs.py`); larger steps, and every step when 0, run eager. One device only
+            (not under tensor parallelism).
         seed: seed of the global sampling RNG (per-request seeds are separate).
         async_scheduling: overlap the host's work on a step's results (detokenizing, stop checks, outputs) with
             the next step on the device: the next step is scheduled and launched first, reading the tokens just
@@ -46,6 +49,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     enforce_eager: bool = False
     max_graph_batch_size: int = 256
+    max_prefill_graph_tokens: int = 2048
     seed: int = 0
     async_scheduling: bool = True
     tensor_parallel_size: int = 1
@@ -54,6 +58,9 @@ class EngineConfig:
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "max_graph_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_prefill_graph_tokens < 0:
+            raise ValueError(f"max_prefill_graph_tokens must be >= 0 (0: eager prefill), got "
+                             f"{self.max_prefill_graph_tokens}")
         if self.block_size & (self.block_size - 1) or self.block_size < 16:
             raise ValueError(f"block_size must be a power of two >= 16, got {self.block_size}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:

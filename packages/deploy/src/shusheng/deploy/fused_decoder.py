@@ -50,17 +50,24 @@ class FusedLayer(nn.Module):
     def forward(self, normed: Tensor, residual: Tensor, positions: Tensor, inv_freq: Tensor,
                 attention: AttentionBackend, next_norm: nn.Module, ops) -> tuple[Tensor, Tensor]:
         """normed = this layer's attention_norm(residual) -> (next_norm(new residual), new residual)."""
-        N = normed.shape[0]
-        D, g = self.head_dim, self.group
-        qkv = ops.linear(normed, self.wqkv.weight, self.wqkv.bias)  # (N, KV * (g + 2) * D)
-        kv_heads = qkv.shape[-1] // ((g + 2) * D)  # local under tensor parallelism
         if hasattr(attention, "cache_for"):  # the paged cache: the rotary kernel also stores the new K/V into it
-            q, _, _ = ops.qkv_rotary(qkv, positions, inv_freq, kv_heads, g, D, cache=attention.cache_for(self.layer))
+            q = self.queries(normed, positions, inv_freq, ops, attention.cache_for(self.layer))
             a = attention.attend(q, self.layer)  # (N, H, D)
         else:
-            q, k, v = ops.qkv_rotary(qkv, positions, inv_freq, kv_heads, g, D)  # (N, H, D), (N, KV, D), (N, KV, D)
+            q, k, v = ops.qkv_rotary(self._qkv(normed, ops), positions, inv_freq, *self.heads(), self.head_dim)
             a = attention(q[None], k[None], v[None], self.layer)[0]
-        a = ops.linear(a.reshape(N, -1), self.wo.weight, self.wo.bias)
+        return self.after_attention(a, residual, next_norm, ops)
+
+    def queries(self, normed: Tensor, positions: Tensor, inv_freq: Tensor, ops,
+                cache: tuple[Tensor, Tensor, Tensor], out: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """The attention's first half: normed -> (N, H, D) rotated queries, the rotated keys and the values
+        stored into the paged `cache` (k_cache, v_cache, slot_mapping); `out`: static (q, k) buffers to write."""
+        qkv = self._qkv(normed, ops)
+        return ops.qkv_rotary(qkv, positions, inv_freq, *self.heads(), self.head_dim, out=out, cache=cache)[0]
+
+    def after_attention(self, a: Tensor, residual: Tensor, next_norm: nn.Module, ops) -> tuple[Tensor, Tensor]:
+        """The rest of the layer: (N, H, D) attention output -> (next_norm(new residual), new residual)."""
+        a = ops.linear(a.reshape(a.shape[0], -1), self.wo.weight, self.wo.bias)
         if self.tp_group is not None:
             dist.all_reduce(a, group=self.tp_group)
         normed, residual = ops.fused_add_rms_norm(a, residual, self.ffn_norm.weight, self.ffn_norm.eps)
@@ -68,6 +75,13 @@ class FusedLayer(nn.Module):
         if self.tp_group is not None:
             dist.all_reduce(f, group=self.tp_group)
         return ops.fused_add_rms_norm(f, residual, next_norm.weight, next_norm.eps)
+
+    def _qkv(self, normed: Tensor, ops) -> Tensor:
+        return ops.linear(normed, self.wqkv.weight, self.wqkv.bias)  # (N, KV * (g + 2) * D)
+
+    def heads(self) -> tuple[int, int]:
+        """(KV heads, query heads per KV head) of this rank (local under tensor parallelism)."""
+        return self.wqkv.weight.shape[0] // ((self.group + 2) * self.head_dim), self.group
 
 
 class FusedDecoder(nn.Module):
@@ -98,15 +112,23 @@ class FusedDecoder(nn.Module):
 
     def forward(self, input_ids: Tensor, positions: Tensor, attention: AttentionBackend) -> Tensor:
         """(N,) ids and positions -> (N, hidden) final-normed hidden states."""
-        m, ops = self.model, self.ops
+        ops = self.ops
+        normed, residual, inv_freq = self.embed(input_ids, positions)
+        for i, layer in enumerate(self.layers):
+            normed, residual = layer(normed, residual, positions, inv_freq, attention, self.norm_after(i), ops)
+        return normed
+
+    def embed(self, input_ids: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(N,) ids and positions -> (first norm of the embeddings, the embeddings, rotary inverse frequencies)."""
+        m = self.model
         inv_freq = m.rotary.inv_freq(positions) if self.dynamic_rope else self._inv_freq
         residual = m.tok_embeddings(input_ids)
-        first = self.layers[0].attention_norm if len(self.layers) else m.norm
-        normed = ops.rms_norm(residual, first.weight, first.eps)
-        for i, layer in enumerate(self.layers):
-            nxt = self.layers[i + 1].attention_norm if i + 1 < len(self.layers) else m.norm
-            normed, residual = layer(normed, residual, positions, inv_freq, attention, nxt, ops)
-        return normed
+        first = self.norm_after(-1)
+        return self.ops.rms_norm(residual, first.weight, first.eps), residual, inv_freq
+
+    def norm_after(self, i: int) -> nn.Module:
+        """The norm that follows layer i (-1: the embeddings): layer i + 1's attention norm, or the final norm."""
+        return self.layers[i + 1].attention_norm if i + 1 < len(self.layers) else self.model.norm
 
     def logits(self, hidden: Tensor) -> Tensor:
         """(N, hidden) -> (N, vocab) logits in the weights' dtype."""

@@ -1,4 +1,5 @@
-"""Runs the model over a scheduled batch: KV-cache sizing, input preparation, CUDA graphs for decode steps.
+"""Runs the model over a scheduled batch: KV-cache sizing, input preparation, CUDA graphs for decode steps and,
+cut at the attention calls, for prefill and mixed steps (`prefill_graphs.py`).
 
 The KV pool is sized after a profiling forward of a full token budget: what `gpu_memory_utilization` of the card
 leaves after weights, activations and non-torch memory becomes blocks. Decode-only steps (every sequence adds one
@@ -26,6 +27,7 @@ from .config import EngineConfig
 from .fused_decoder import FusedDecoder
 from .kernels import decode_inputs
 from .paged_attention import AttentionMetadata, PagedAttention, ops_for
+from .prefill_graphs import PrefillGraphs, prefill_graph_sizes
 from .scheduler import ScheduledBatch
 from .sequence import PENDING, Sequence
 
@@ -176,8 +178,13 @@ class ModelRunner:
         self.attn = PagedAttention(self.k_caches, self.v_caches, self.ops)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor]] = {}
         self.graph_replays = 0
+        self.prefill_graphs: PrefillGraphs | None = None
         if self.device.type == "cuda" and not config.enforce_eager:
             self._capture_graphs()
+            limit = min(config.max_prefill_graph_tokens, config.max_num_batched_tokens)
+            if limit and tp_group is None:
+                self.prefill_graphs = PrefillGraphs(self.decoder, self.attn, prefill_graph_sizes(limit))
+                self.prefill_graphs.capture()
 
     # ---- KV pool sizing ----
 
@@ -331,7 +338,11 @@ class ModelRunner:
         dev = self.device
         prepare = self._decode_inputs if decode_only else self._inputs
         ids, pos, sample_rows, sample_seqs, prompt_rows = prepare(batch, feed)  # sets self.attn.meta
-        h = self.decoder(ids, pos, self.attn)
+        pg = self.prefill_graphs
+        if pg is not None and not decode_only and pg.bucket(len(ids)) is not None:
+            h = pg.run(ids, pos)  # piecewise CUDA graphs around the attention calls
+        else:
+            h = self.decoder(ids, pos, self.attn)
         logits = self.decoder.logits(h[to_device(sample_rows, torch.long, dev)]).float()
         prompt_logits = {sid: (s, self.decoder.logits(h[r.start : r.stop]).float())
                          for sid, (s, r) in prompt_rows.items()}
@@ -404,13 +415,16 @@ class ModelRunner:
         torch.cuda.synchronize(dev)
 
     def release_graphs(self) -> None:
-        """Frees the captured decode graphs (decode steps then run eager). Under tensor parallelism this must come
+        """Frees the captured graphs (steps then run eager). Under tensor parallelism this must come
         before the process group is destroyed: NCCL's teardown waits for graphs that captured its collectives."""
-        if self.graphs:
+        if self.graphs or self.prefill_graphs is not None:
             torch.cuda.synchronize(self.device)  # no replay in flight
         for graph, _ in self.graphs.values():
             graph.reset()
         self.graphs.clear()
+        if self.prefill_graphs is not None:
+            self.prefill_graphs.release()
+            self.prefill_graphs = None
 
     def _run_decode_graph(self, batch: ScheduledBatch, feed: Feed | None) -> StepLogits:
         """A decode-only step (one new token per sequence, every one sampling) as a CUDA-graph replay."""

@@ -85,15 +85,17 @@ class PagedAttention(AttentionBackend):
         (`qkv_rotary(cache=...)`) puts them before calling `attend`."""
         return self.k_caches[layer], self.v_caches[layer], self.meta.slot_mapping
 
-    def attend(self, q: Tensor, layer: int) -> Tensor:
-        """(N, H, D) queries -> (N, H, D) attention outputs over the cache, this step's K/V already stored."""
+    def attend(self, q: Tensor, layer: int, out: Tensor | None = None) -> Tensor:
+        """(N, H, D) queries -> (N, H, D) attention outputs over the cache (into `out` when given), this step's
+        K/V already stored."""
         m = self.meta
         kc, vc = self.k_caches[layer], self.v_caches[layer]
         scale = q.shape[-1] ** -0.5
         if m.decode_only:
             return self.ops.decode(q, kc, vc, m.block_tables, m.context_lens, scale, num_splits=m.num_splits,
-                                   max_context_len=m.max_context_len)
-        return self.ops.extend(q, kc, vc, m.block_tables, m.cu_seqlens_q, m.context_lens, m.max_q_len, scale)
+                                   out=out, max_context_len=m.max_context_len)
+        return self.ops.extend(q, kc, vc, m.block_tables, m.cu_seqlens_q, m.context_lens, m.max_q_len, scale,
+                               out=out)
 
 
 def ops_for(device: torch.device):
