@@ -139,6 +139,12 @@ def main() -> int:
                                     max_prefill_graph_tokens=args.max_prefill_graph_tokens),
                        tokenizer=tok, model=model)
     if args.prefill:
+        pg = engine.runner.prefill_graphs
+        if pg is not None:
+            secs, extra = pg.capture_stats
+            print(f"prefill graphs: {len(pg.sizes)} buckets up to {pg.sizes[-1]} tokens, "
+                  f"{sum(len(g) for g, _ in pg.graphs.values())} graphs captured in {secs:.1f} s, "
+                  f"{extra / 2**20:.0f} MiB more reserved")
         for n in args.prompt_len.split(","):
             profile_prefill(engine, cfg.vocab_size, int(n), args.steps, tables=not args.no_tables)
         return 0

@@ -261,8 +261,9 @@ def test_gpu_tp2_greedy_equals_tp1(small_ckpt):
     eng = TPEngine(EngineConfig(model=str(small_ckpt), tensor_parallel_size=2, **opts))
     try:
         assert eng.runner.graphs  # decode steps captured with NCCL all-reduces inside
+        assert eng.runner.prefill_graphs is not None  # and prefill steps, cut at the attention calls
         got = run(eng)
-        assert eng.runner.graph_replays > 0
+        assert eng.runner.graph_replays > 0 and eng.runner.prefill_graphs.replays > 0
         assert got[0] == ref[0]  # greedy
         assert got[1] == ref[1]  # seeded sampling, n=2: the requests' own generators on cuda:0
     finally:
@@ -272,7 +273,7 @@ def test_gpu_tp2_greedy_equals_tp1(small_ckpt):
         stopper.start()
         stopper.join(120)
         assert not stopper.is_alive(), "TPEngine.shutdown() hung"
-    assert not eng.runner.graphs and not dist.is_initialized()
+    assert not eng.runner.graphs and eng.runner.prefill_graphs is None and not dist.is_initialized()
 
 
 @pytest.mark.gpu

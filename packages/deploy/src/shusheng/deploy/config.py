@@ -24,8 +24,7 @@ class EngineConfig:
         enforce_eager: never capture CUDA graphs (decode or prefill steps).
         max_graph_batch_size: the largest decode batch captured as a CUDA graph.
         max_prefill_graph_tokens: the largest prefill or mixed step (in tokens) run as CUDA graphs cut at each
-            attention call (`prefill_graphs.py`); larger steps, and every step when 0, run eager. One device only
-            (not under tensor parallelism).
+            attention call (`prefill_graphs.py`); larger steps, and every step when 0, run eager.
         seed: seed of the global sampling RNG (per-request seeds are separate).
         async_scheduling: overlap the host's work on a step's results (detokenizing, stop checks, outputs) with
             the next step on the device: the next step is scheduled and launched first, reading the tokens just

@@ -182,9 +182,9 @@ class ModelRunner:
         if self.device.type == "cuda" and not config.enforce_eager:
             self._capture_graphs()
             limit = min(config.max_prefill_graph_tokens, config.max_num_batched_tokens)
-            if limit and tp_group is None:
+            if limit:  # under tensor parallelism every rank captures the same pieces, all-reduces included
                 self.prefill_graphs = PrefillGraphs(self.decoder, self.attn, prefill_graph_sizes(limit))
-                self.prefill_graphs.capture()
+                self.prefill_graphs.capture()  # its memory (`capture_stats`) comes out of the headroom
 
     # ---- KV pool sizing ----
 

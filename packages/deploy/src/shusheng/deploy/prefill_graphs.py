@@ -23,6 +23,7 @@ Without `capture()` (CPU, tests) `run` executes the same pieces eagerly with the
 from __future__ import annotations
 
 import bisect
+import time
 from collections.abc import Callable
 
 import torch
@@ -70,6 +71,7 @@ class PrefillGraphs:
         self.out = torch.zeros(top, kv * group, head_dim, dtype=dtype, device=dev)
         self.graphs: dict[int, tuple[list[torch.cuda.CUDAGraph], Tensor]] = {}  # T -> (pieces, final hidden)
         self.replays = 0
+        self.capture_stats: tuple[float, int] | None = None
 
     def bucket(self, num_tokens: int) -> int | None:
         """The bucket a step of `num_tokens` runs in; None when it is larger than every bucket (eager)."""
@@ -147,6 +149,7 @@ class PrefillGraphs:
         """Capture every bucket, largest first, all into one memory pool of their own (a bucket's temporaries are
         dead between its replays, so smaller buckets reuse them)."""
         dev = self.ids.device
+        t0, reserved = time.perf_counter(), torch.cuda.memory_reserved(dev)
         self.slots.fill_(-1)  # the warm-ups and captures store no K/V
         stream = torch.cuda.Stream(dev)
         stream.wait_stream(torch.cuda.current_stream(dev))
@@ -170,6 +173,8 @@ class PrefillGraphs:
                 self.graphs[T] = (graphs, state)
         torch.cuda.current_stream(dev).wait_stream(stream)
         torch.cuda.synchronize(dev)
+        # seconds, and bytes the caching allocator holds more than before (the pool; warm-up blocks it keeps)
+        self.capture_stats = (time.perf_counter() - t0, torch.cuda.memory_reserved(dev) - reserved)
 
     def release(self) -> None:
         for graphs, _ in self.graphs.values():
