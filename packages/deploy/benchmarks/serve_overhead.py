@@ -364,6 +364,8 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--engine-cpus", default=None, metavar="LIST",
                    help="the step loop on these CPUs alone on both sides: the offline driver's thread, and the "
                         "server's engine (serve --engine-cpus); everything else (server, clients) on the others")
+    p.add_argument("--api-servers", type=int, default=1, metavar="N",
+                   help="the server's HTTP work over N processes (serve --api-servers N)")
     p.add_argument("--out", default=None, help="write all results here as JSON")
     args = p.parse_args(argv)
     defaults = TINY_DEFAULTS if args.tiny else GPU_DEFAULTS
@@ -416,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
               "endpoint": "/v1/completions", "input_len": args.input_len, "output_len": args.output_len,
               "seed": args.seed, "warmup": args.warmup, "limit": args.limit,
               "client_processes": args.client_processes, "client": args.client,
-              "engine_cpus": sorted(engine_cpus) if engine_cpus else None, "rates": []}
+              "engine_cpus": sorted(engine_cpus) if engine_cpus else None, "api_servers": args.api_servers,
+              "rates": []}
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="serve_overhead-") as tmp:
         # a Triton cache of this run's own (the server inherits it): a new entry in it during a measured rate is a
@@ -463,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
         # online: one server for every rate
         if engine_cpus:  # the server starts with every CPU and gives its engine's step loop engine_cpus itself
             os.sched_setaffinity(0, engine_cpus | other_cpus)
-        flags = server_flags(opts) + (["--engine-cpus", args.engine_cpus] if engine_cpus else [])
+        flags = server_flags(opts) + (["--engine-cpus", args.engine_cpus] if engine_cpus else []) + \
+            ["--api-servers", str(args.api_servers)]
         t0 = time.perf_counter()
         log = Path(tmp) / "server.log"
         try:

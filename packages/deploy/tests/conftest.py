@@ -117,6 +117,7 @@ def cli_server(tmp_path_factory):
                "--port", str(port), "--device", "cpu", *args]
         with open(log, "w") as f:
             proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ))
+        start.pid = proc.pid  # the server's process, for tests that look at its children
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 180

@@ -87,6 +87,8 @@ class RequestStream:
 
 
 class AsyncEngine:
+    _id_prefix = "req-"  # of the request ids made here when the caller gives none
+
     def __init__(self, engine: LLMEngine):
         self.engine = engine
         self._inbox: queue.Queue = queue.Queue()
@@ -110,7 +112,7 @@ class AsyncEngine:
         params = params or SamplingParams()
         with self._lock:
             if request_id is None:
-                request_id = f"req-{self._ids}"
+                request_id = f"{self._id_prefix}{self._ids}"
                 self._ids += 1
             if request_id in self._streams:
                 raise ValueError(f"request id {request_id!r} is already in use")

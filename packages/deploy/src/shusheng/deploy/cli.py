@@ -76,6 +76,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--engine-cpus", default=None, metavar="LIST",
                    help="CPUs for the engine's step loop alone, e.g. 15 or 12-15 (the server keeps the others): a "
                         "step loop that stays on warm cores starts requests sooner")
+    s.add_argument("--api-servers", type=int, default=1, metavar="N",
+                   help="HTTP work split over N processes in front of the one engine process (for many requests "
+                        "at once; --max-queue is shared among them)")
     _engine_args(s)
     from . import bench_serve, chat_client
 
@@ -175,6 +178,18 @@ def cmd_serve(a: argparse.Namespace) -> int:
     engine_cpus = parse_cpu_list(a.engine_cpus) if a.engine_cpus else None
     if engine_cpus and a.engine_in_thread:
         raise ValueError("--engine-cpus pins the engine process: it cannot be used with --engine-in-thread")
+    if a.api_servers < 1:
+        raise ValueError(f"--api-servers must be >= 1, got {a.api_servers}")
+    if a.api_servers > 1 and a.engine_in_thread:
+        raise ValueError("--api-servers N > 1 puts the engine in a process of its own: drop --engine-in-thread")
+    name = a.served_model_name or Path(a.path).resolve().name
+    keys = [k.strip() for k in a.api_keys.split(",")] if a.api_keys else None
+    if a.api_servers > 1:
+        from .server.workers import serve_workers
+
+        app_kwargs = dict(model_name=name, api_keys=keys, chat_template=a.chat_template,
+                          max_queue=-(-a.max_queue // a.api_servers))
+        return serve_workers(config, a.api_servers, a.host, a.port, app_kwargs, a.log_level, engine_cpus)
     # A thread beside the event loop hands the engine's outputs over: the engine thread (which gives up the GIL at
     # every CUDA sync) or the engine process's pipe reader. With the default 5 ms switch interval a busy event loop
     # can keep it waiting that long for the GIL, once or more per decode step: every stream's next chunk waits too.
@@ -186,8 +201,6 @@ def cmd_serve(a: argparse.Namespace) -> int:
             engine = ProcessAsyncEngine(config, engine_cpus=engine_cpus)
         except RuntimeError as e:  # the engine's own start-up error (bad checkpoint, no memory): one line, exit 2
             raise ValueError(str(e).removeprefix("the engine failed to start: ")) from None
-    name = a.served_model_name or Path(a.path).resolve().name
-    keys = [k.strip() for k in a.api_keys.split(",")] if a.api_keys else None
     app = build_app(engine, name, keys, a.chat_template, a.max_queue)
     freeze_heap()
     uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level)

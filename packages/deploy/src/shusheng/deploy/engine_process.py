@@ -34,6 +34,7 @@ import pickle
 import queue
 import sys
 import threading
+import time
 import traceback
 
 from shusheng.model.tokenizer import load_tokenizer
@@ -124,21 +125,25 @@ def split_cpus(engine_cpus: set[int]) -> set[int]:
     return rest
 
 
-def _core_main(config: EngineConfig, conn, engine_cpus: set[int] | None = None) -> None:
-    """The engine process: build the engine, then step while there is work, answering the pipe in between.
+def _core_main(config: EngineConfig, conns, engine_cpus: set[int] | None = None) -> None:
+    """The engine process: build the engine, then step while there is work, answering the pipes in between.
 
+    `conns`: the pipe to one API process, or a list of pipes to several (`serve --api-servers N`): each one's
+    requests, outputs and calls stay on it. The process ends when every pipe has said "stop" or closed.
     With tensor_parallel_size > 1 this process is rank 0 of a `TPEngine` and starts the other ranks itself."""
     from .tensor_parallel import TPEngine, build_engine
 
+    conns = conns if isinstance(conns, list) else [conns]
     # the sender thread needs the GIL to hand each step's outputs to the pipe: while the engine runs Python, it
     # waits up to a switch interval for it (5 ms by default, more than a decode step)
     sys.setswitchinterval(0.001)
-    out = _Outbox(conn)
+    outs = [_Outbox(c) for c in conns]
     try:
         try:
             engine = build_engine(config)
         except BaseException as e:
-            out.send(("failed", f"{type(e).__name__}: {e}"))
+            for out in outs:
+                out.send(("failed", f"{type(e).__name__}: {e}"))
             return
         engine.delta_outputs = True  # `_Outbox` ships deltas: let the engine make them without copying its lists
         engine.wire_outputs = True  # and step() makes them as the pipe's tuples (an abort's final output too)
@@ -146,46 +151,153 @@ def _core_main(config: EngineConfig, conn, engine_cpus: set[int] | None = None) 
             os.sched_setaffinity(0, engine_cpus)
         try:
             freeze_heap()
-            out.send(("ready", engine.limits, engine.stats()))
-            _loop(engine, out, conn)
+            for out in outs:
+                out.send(("ready", engine.limits, engine.stats()))
+            _loop(engine, outs[0], conns[0]) if len(conns) == 1 else _Clients(engine, outs, conns).loop()
         finally:
             if isinstance(engine, TPEngine):
                 engine.shutdown()
     finally:
-        out.close()
+        for out in outs:
+            out.close()
+
+
+def _handle(engine, out: _Outbox, msg: tuple) -> bool:
+    """One message from an API process; False for "stop"."""
+    kind = msg[0]
+    if kind == "stop":
+        return False
+    if kind == "add":
+        _, rid, text, ids, params = msg
+        engine.add_prepared(rid, text, ids, params)
+    elif kind == "abort":
+        final = engine.abort(msg[1])
+        if final is not None:
+            out.outputs([final], engine.stats())
+    elif kind == "call":
+        _, call_id, fn, args = msg
+        try:
+            out.send(("result", call_id, True, fn(engine, *args)))
+        except Exception as e:  # the caller gets the error; the engine goes on
+            out.send(("result", call_id, False, e))
+    return True
+
+
+def _step(engine, outs: list[_Outbox]) -> list[tuple]:
+    try:
+        return engine.step()
+    except BaseException:
+        for out in outs:
+            out.send(("crashed", traceback.format_exc()))
+        raise
 
 
 def _loop(engine, out: _Outbox, conn) -> None:
+    """One API process: its pipe is drained between steps, and blocks only when the engine is idle."""
     while True:
         if not engine.has_unfinished() or conn.poll():
             msg = conn.recv()  # blocks only when idle
             while True:
-                kind = msg[0]
-                if kind == "stop":
+                if not _handle(engine, out, msg):
                     return
-                if kind == "add":
-                    _, rid, text, ids, params = msg
-                    engine.add_prepared(rid, text, ids, params)
-                elif kind == "abort":
-                    final = engine.abort(msg[1])
-                    if final is not None:
-                        out.outputs([final], engine.stats())
-                elif kind == "call":
-                    _, call_id, fn, args = msg
-                    try:
-                        out.send(("result", call_id, True, fn(engine, *args)))
-                    except Exception as e:  # the caller gets the error; the engine goes on
-                        out.send(("result", call_id, False, e))
                 if not conn.poll():
                     break
                 msg = conn.recv()
         if engine.has_unfinished():
-            try:
-                outs = engine.step()
-            except BaseException:
-                out.send(("crashed", traceback.format_exc()))
-                raise
-            out.outputs(outs, engine.stats())
+            out.outputs(_step(engine, [out]), engine.stats())
+
+
+class _Clients:
+    """Several API processes, one pipe each (`serve --api-servers N`): each request's outputs go back on the pipe
+    it came from, and a pipe that closes (or says "stop") takes its unfinished requests with it."""
+
+    STATS_EVERY = 0.1  # seconds: an API process with nothing running still gets the engine's stats this often
+
+    def __init__(self, engine, outs: list[_Outbox], conns: list):
+        self.engine, self.outs = engine, outs
+        self.live = dict(enumerate(conns))
+        self.owner: dict[str, int] = {}  # request id -> client
+        self.last_sent = [0.0] * len(conns)
+
+    def loop(self) -> None:
+        from multiprocessing.connection import wait
+
+        engine = self.engine
+        while self.live:
+            if engine.has_unfinished():
+                ready = [i for i, c in self.live.items() if c.poll()]
+            else:  # idle: block until some client sends
+                index = {id(c): i for i, c in self.live.items()}
+                ready = [index[id(c)] for c in wait(list(self.live.values()))]
+            for i in ready:
+                self._drain(i)
+            if engine.has_unfinished():
+                self._send(_step(engine, [self.outs[i] for i in self.live]))
+
+    def _drain(self, i: int) -> None:
+        conn, out = self.live[i], self.outs[i]
+        try:
+            while conn.poll():
+                msg = conn.recv()
+                if msg[0] == "add":
+                    if msg[1] in self.owner or msg[1] in self.engine.requests:
+                        out.send(("rejected", msg[1], f"request id {msg[1]!r} is already in use"))
+                        continue
+                    self.owner[msg[1]] = i
+                elif msg[0] == "abort":
+                    self.owner.pop(msg[1], None)
+                if not _handle(self.engine, out, msg):
+                    break
+            else:
+                return
+        except (EOFError, OSError):  # the API process is gone
+            pass
+        self._drop(i)
+
+    def _drop(self, i: int) -> None:
+        """Client i left: abort its unfinished requests (their blocks are freed) and close its pipe (after what was
+        queued for it), which ends its reader."""
+        conn = self.live.pop(i)
+        for rid in [r for r, o in self.owner.items() if o == i]:
+            del self.owner[rid]
+            self.engine.abort(rid)
+        self.outs[i].close()
+        conn.close()
+
+    def _send(self, outs: list[tuple]) -> None:
+        groups: dict[int, list[tuple]] = {}
+        for d in outs:  # wire tuples: (request id, finished, ...)
+            i = self.owner.pop(d[0], None) if d[1] else self.owner.get(d[0])
+            if i is not None:
+                groups.setdefault(i, []).append(d)
+        stats, now = self.engine.stats(), time.monotonic()
+        for i in self.live:
+            if i in groups or now - self.last_sent[i] >= self.STATS_EVERY:
+                self.outs[i].outputs(groups.get(i, []), stats)
+                self.last_sent[i] = now
+
+
+_clients = itertools.count()
+
+
+def wait_ready(conn, timeout: float, proc=None) -> tuple:
+    """The engine process's first message on `conn`: ("ready", limits, stats).
+
+    Raises:
+        RuntimeError: it failed to start (its error message is included), exited, or said nothing in `timeout` s.
+    """
+    if not conn.poll(timeout):
+        if proc is not None:
+            proc.kill()
+        raise RuntimeError(f"the engine process did not start within {timeout:.0f} s")
+    try:
+        msg = conn.recv()
+    except EOFError:
+        code = proc.exitcode if proc is not None else None
+        raise RuntimeError(f"the engine process exited during start-up (exit code {code})") from None
+    if msg[0] != "ready":
+        raise RuntimeError(f"the engine failed to start: {msg[1]}")
+    return msg
 
 
 class ProcessAsyncEngine(AsyncEngine):
@@ -196,43 +308,44 @@ class ProcessAsyncEngine(AsyncEngine):
         startup_timeout: seconds to wait for the model to load and the KV cache to be sized.
         engine_cpus: CPUs for the engine's step loop alone (see the module docstring); this process keeps the
             rest. None: no pinning.
+        conn: a pipe to an engine process started elsewhere, one of several (`serve_workers`); None: spawn one.
+            Its shutdown then only leaves it: the engine process ends when its last pipe does.
+        ready: that engine's "ready" message, when whoever started it has read it already (`wait_ready`).
 
     Raises:
         RuntimeError: the engine failed to start (its error message is included).
         ValueError: `engine_cpus` are not this process's CPUs, or leave none for it.
     """
 
-    def __init__(self, config: EngineConfig, startup_timeout: float = 900.0, engine_cpus: set[int] | None = None):
-        if engine_cpus:
-            os.sched_setaffinity(0, split_cpus(engine_cpus))  # before any thread or process starts: they inherit
-        ctx = mp.get_context("spawn")  # a fresh interpreter: CUDA must not be inherited
-        self._conn, child = ctx.Pipe(duplex=True)
-        # a daemonic process may not start processes: under tensor parallelism the core starts the other ranks, so
-        # it is not one, and shutdown() runs at exit instead (the core also stops when this end of the pipe closes)
+    def __init__(self, config: EngineConfig, startup_timeout: float = 900.0, engine_cpus: set[int] | None = None,
+                 conn=None, ready: tuple | None = None):
         tp = config.tensor_parallel_size > 1
-        self._proc = ctx.Process(target=_core_main, args=(config, child, engine_cpus), name="shusheng-engine-core",
-                                 daemon=not tp)
-        self._proc.start()
-        child.close()
+        if conn is not None:  # an engine process started elsewhere (`serve --api-servers N`): its pipe to us
+            self._proc, self._conn = None, conn
+        else:
+            if engine_cpus:  # before any thread or process starts: they inherit
+                os.sched_setaffinity(0, split_cpus(engine_cpus))
+            ctx = mp.get_context("spawn")  # a fresh interpreter: CUDA must not be inherited
+            self._conn, child = ctx.Pipe(duplex=True)
+            # a daemonic process may not start processes: under tensor parallelism the core starts the other ranks,
+            # so it is not one, and shutdown() runs at exit instead (the core also stops when this end of the pipe
+            # closes)
+            self._proc = ctx.Process(target=_core_main, args=(config, child, engine_cpus),
+                                     name="shusheng-engine-core", daemon=not tp)
+            self._proc.start()
+            child.close()
         tokenizer = load_tokenizer(config.model)
-        if not self._conn.poll(startup_timeout):
-            self._proc.kill()
-            raise RuntimeError(f"the engine process did not start within {startup_timeout:.0f} s")
-        try:
-            msg = self._conn.recv()
-        except EOFError:
-            raise RuntimeError(f"the engine process exited during start-up (exit code {self._proc.exitcode})") \
-                from None
-        if msg[0] != "ready":
-            raise RuntimeError(f"the engine failed to start: {msg[1]}")
+        msg = ready or wait_ready(self._conn, startup_timeout, self._proc)
         self.engine = EngineFrontend(tokenizer, msg[1], msg[2])
+        # unique among the clients of one engine process (serve's routes give their own unique ids)
+        self._id_prefix = f"req-{os.getpid()}-{next(_clients)}-"
         self._send_lock = threading.Lock()
         self._rebuilder = OutputRebuilder()  # guarded by _send_lock
         self._calls: dict[int, concurrent.futures.Future] = {}
         self._call_ids = itertools.count()
         self._stopping = False
         self._start(self._read, "shusheng-engine-reader")
-        if tp:
+        if tp and self._proc is not None:
             atexit.register(self.shutdown)
 
     def _submit(self, item: tuple) -> None:
@@ -263,7 +376,8 @@ class ProcessAsyncEngine(AsyncEngine):
                 msg = self._conn.recv()
             except (EOFError, OSError):
                 if not self._stopping:
-                    self._fail(RuntimeError(f"the engine process exited (exit code {self._proc.exitcode})"))
+                    code = self._proc.exitcode if self._proc is not None else None
+                    self._fail(RuntimeError(f"the engine process exited (exit code {code})"))
                 break
             if msg[0] == "outputs":
                 self.engine.latest_stats = msg[2]
@@ -275,6 +389,14 @@ class ProcessAsyncEngine(AsyncEngine):
                 future = self._calls.pop(call_id, None)
                 if future is not None and not future.done():
                     future.set_result(value) if ok else future.set_exception(value)
+            elif msg[0] == "rejected":  # an id another API process of the engine has in use
+                _, rid, message = msg
+                with self._lock:
+                    stream = self._streams.pop(rid, None)
+                with self._send_lock:
+                    self._rebuilder.drop(rid)
+                if stream is not None:
+                    stream.put(ValueError(message))
             elif msg[0] == "crashed":
                 self._fail(RuntimeError(f"the engine process failed:\n{msg[1]}"))
         for future in self._calls.values():
@@ -292,9 +414,10 @@ class ProcessAsyncEngine(AsyncEngine):
             return
         self._stopping = True
         self._submit(("stop",))
-        self._proc.join(timeout)
-        if self._proc.is_alive():
-            self._proc.kill()
+        if self._proc is not None:
             self._proc.join(timeout)
-        self._conn.close()
-        self._thread.join(timeout)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join(timeout)
+        self._thread.join(timeout)  # the reader ends at the engine's end of the pipe closing (as it stops, or
+        self._conn.close()  # as it lets this client go)
