@@ -84,19 +84,16 @@ def serve_workers(config: EngineConfig, num_api_servers: int, host: str, port: i
     sock.close()
     print(f"shusheng-deploy: {num_api_servers} API processes on http://{host}:{port}", file=sys.stderr, flush=True)
 
-    stopped = []
-
-    def on_signal(signum, frame):
-        stopped.append(signum)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_signal)
+    stopped: list[int] = []
+    handlers = {sig: signal.signal(sig, lambda signum, frame: stopped.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}  # Ctrl-C reaches the workers too: they stop themselves
+    procs = workers + [engine]
     try:
-        wait([w.sentinel for w in workers] + [engine.sentinel])  # until a signal or any process exits
-    except KeyboardInterrupt:
-        stopped.append(signal.SIGINT)
+        while not stopped and all(p.is_alive() for p in procs):
+            wait([p.sentinel for p in procs], timeout=0.5)  # until a signal or any process exits
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         for w in workers:  # uvicorn's graceful shutdown; each worker's lifespan then leaves the engine
             if w.is_alive():
                 w.terminate()
