@@ -30,7 +30,7 @@ async def collect(engine, prompt, params=GREEDY):
 
 def test_two_clients_share_one_engine_process(tiny_ckpt):
     """Two API-side engines on pipes of one engine process: each gets its own requests' outputs, equal to the
-    in-process engine's; a client that leaves mid-request takes its requests with it (blocks freed) while the
+    in-process engine's; a request id already in use by the other is refused; a client that leaves mid-request takes its requests with it (blocks freed) while the
     other goes on; the engine process ends when the last one leaves."""
     config = EngineConfig.from_kwargs(str(tiny_ckpt), device="cpu", dtype="float32")
     ctx = mp.get_context("spawn")
@@ -50,6 +50,10 @@ def test_two_clients_share_one_engine_process(tiny_ckpt):
         async def leave_mid_request():
             stream = a.add_request("hello world", SamplingParams(max_tokens=400, ignore_eos=True))
             await stream.__aiter__().__anext__()  # running now
+            clash = b.add_request("hi", SamplingParams(max_tokens=2), request_id=stream.request_id)
+            with pytest.raises(ValueError, match="already in use"):  # refused by the engine, which goes on
+                async for _ in clash:
+                    pass
             a.shutdown()  # the pipe says stop: the engine aborts what `a` had
             return await collect(b, PROMPTS[0])  # `b` is served on
 

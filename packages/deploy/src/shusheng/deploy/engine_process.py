@@ -240,7 +240,7 @@ class _Clients:
             while conn.poll():
                 msg = conn.recv()
                 if msg[0] == "add":
-                    if msg[1] in self.owner or msg[1] in self.engine.requests:
+                    if msg[1] in self.engine.requests:  # every unfinished request, whoever sent it
                         out.send(("rejected", msg[1], f"request id {msg[1]!r} is already in use"))
                         continue
                     self.owner[msg[1]] = i
